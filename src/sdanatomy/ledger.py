@@ -1,0 +1,198 @@
+"""The equation ledger: every formula of the lecture, executed and checked.
+
+Each :class:`Entry` names one equation or definition of the lecture, the reference it is
+checked against (a torch function, a diffusers module, a closed form), a tolerance with
+the reason for it, and a ``measure`` function that returns the error actually observed.
+Its verdict says what we expect to find:
+
+* ``"matches"`` — the lecture's formula, implemented literally, reproduces the reference:
+  the check passes when ``error <= tol``;
+* ``"differs"`` — it does not: the check passes when ``error > tol``, i.e. the difference
+  is real and reproducible, and the entry names its corrected twin (``corrected_by``),
+  itself a ``"matches"`` entry.
+
+Modules register their rows with the :func:`row` decorator at import time;
+:func:`entries` imports every row module and returns the rows in lecture order.
+The book shows them with :func:`table`; ``tests/test_ledger.py`` runs them all.
+"""
+from __future__ import annotations
+
+import html
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+VERDICTS = ("matches", "differs")
+
+# Modules that define ledger rows, in lecture order. A new chapter adds its module here.
+ROW_MODULES = ("sdanatomy.notation",)
+
+_REGISTRY: dict[str, "Entry"] = {}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the ledger: a lecture formula, its reference, and how close they are."""
+
+    name: str                      # "(2) inner product": the lecture's number, then words
+    section: str                   # the lecture's section, "2", "6.1", "6.8.1"
+    formula: str                   # what is checked, in the lecture's notation (LaTeX)
+    reference: str                 # what it is checked against
+    measure: Callable[..., float]  # measure(seed=0, dtype=torch.float64) -> error
+    tol: float                     # the check: error <= tol ("matches") or > tol ("differs")
+    why_tol: str                   # why this tolerance
+    verdict: str = "matches"
+    corrected_by: str | None = None  # for "differs": the name of the matching twin
+    note: str = ""                 # what SD-1.5 really does, where the lecture differs
+    error: str = field(default="max abs", compare=False)  # how measure() reports the error
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}; got {self.verdict!r} in {self.name!r}")
+        if self.verdict == "differs" and not (self.corrected_by and self.note):
+            raise ValueError(f"a 'differs' entry names its corrected twin and says why: {self.name!r}")
+        if not self.tol >= 0:
+            raise ValueError(f"tolerance must be >= 0; got {self.tol!r} in {self.name!r}")
+
+    def run(self, seed: int = 0, dtype: torch.dtype = torch.float64) -> "Result":
+        err = float(self.measure(seed=seed, dtype=dtype))
+        ok = err <= self.tol if self.verdict == "matches" else err > self.tol
+        return Result(self, err, ok)
+
+
+@dataclass(frozen=True)
+class Result:
+    entry: Entry
+    err: float
+    ok: bool
+
+
+def row(name: str, *, section: str, formula: str, reference: str, tol: float, why_tol: str,
+        verdict: str = "matches", corrected_by: str | None = None, note: str = "",
+        error: str = "max abs") -> Callable:
+    """Register the decorated ``measure(seed, dtype) -> float`` as a ledger row."""
+
+    def register(measure: Callable[..., float]) -> Callable[..., float]:
+        entry = Entry(name, section, formula, reference, measure, tol, why_tol, verdict,
+                      corrected_by, note, error)
+        if name in _REGISTRY and _REGISTRY[name].measure.__qualname__ != measure.__qualname__:
+            raise ValueError(f"two ledger rows are named {name!r}")
+        _REGISTRY[name] = entry
+        return measure
+
+    return register
+
+
+def _section_key(section: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in section.split("."))
+
+
+def _equation_key(name: str) -> int:
+    """The last equation number of the name's leading "(25)–(26)": rows sort after what they cover."""
+    m = re.match(r"\(\d+\)(?:[–-]\(\d+\))?", name)
+    return max(int(n) for n in re.findall(r"\d+", m.group(0))) if m else 0
+
+
+def entries(section: str | None = None) -> list[Entry]:
+    """All rows (importing every row module), or those of one section and its subsections."""
+    for module in ROW_MODULES:
+        importlib.import_module(module)
+    rows = sorted(_REGISTRY.values(), key=lambda e: (_section_key(e.section), _equation_key(e.name)))
+    if section is None:
+        return rows
+    if not re.fullmatch(r"\d+(\.\d+)*", str(section)):
+        raise ValueError(f"section must look like '2' or '6.8.1'; got {section!r}")
+    picked = [e for e in rows if e.section == section or e.section.startswith(section + ".")]
+    if not picked:
+        known = sorted({e.section for e in rows}, key=_section_key)
+        raise ValueError(f"the ledger has no rows for section {section!r}; sections: {', '.join(known)}")
+    return picked
+
+
+def get(name: str) -> Entry:
+    entries()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no ledger row named {name!r}") from None
+
+
+def check_consistency() -> list[str]:
+    """Problems with the ledger itself: a 'differs' whose twin is missing or not 'matches'."""
+    problems = []
+    for e in entries():
+        if e.verdict == "differs":
+            twin = _REGISTRY.get(e.corrected_by)
+            if twin is None:
+                problems.append(f"{e.name}: corrected twin {e.corrected_by!r} is not in the ledger")
+            elif twin.verdict != "matches":
+                problems.append(f"{e.name}: corrected twin {e.corrected_by!r} is not a 'matches' row")
+    return problems
+
+
+def format_error(err: float) -> str:
+    """Errors are shown to one significant digit: exact zeros as 0."""
+    return "0" if err == 0 else f"{err:.0e}"
+
+
+class Table:
+    """The rows of a ledger section, measured: shows as HTML in a notebook, as text elsewhere."""
+
+    def __init__(self, results: list[Result], title: str):
+        self.results = results
+        self.title = title
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def summary(self) -> str:
+        n = len(self.results)
+        m = sum(r.entry.verdict == "matches" for r in self.results)
+        ok = sum(r.ok for r in self.results)
+        return f"{self.title}: {n} rows, {m} matches, {n - m} differs; {ok}/{n} checks hold"
+
+    def _cells(self, r: Result) -> list[str]:
+        e = r.entry
+        verdict = e.verdict + ("" if e.corrected_by is None else f" → {e.corrected_by}")
+        mark = "✓" if r.ok else "✗ FAILED"
+        cmp = "≤" if e.verdict == "matches" else ">"
+        return [e.section, e.name, e.reference, f"{format_error(r.err)} {cmp} {format_error(e.tol)}",
+                f"{verdict} {mark}"]
+
+    def __repr__(self) -> str:
+        head = ["§", "lecture", "checked against", "error vs tol", "verdict"]
+        rows = [head] + [self._cells(r) for r in self.results]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines + [self.summary()])
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in
+                       ("§", "lecture", "formula", "checked against", "error", "tolerance (why)", "verdict"))
+        body = []
+        for r in self.results:
+            e = r.entry
+            verdict = html.escape(e.verdict) + ("" if e.corrected_by is None else
+                                                f" → {html.escape(e.corrected_by)}")
+            mark = "✓" if r.ok else "✗ FAILED"
+            note = f"<br><small>{html.escape(e.note)}</small>" if e.note else ""
+            body.append(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in (
+                    html.escape(e.section), html.escape(e.name), f"\\({html.escape(e.formula)}\\)",
+                    html.escape(e.reference), f"{format_error(r.err)} <small>({html.escape(e.error)})</small>",
+                    f"{format_error(e.tol)} <small>({html.escape(e.why_tol)})</small>", f"{verdict} {mark}{note}",
+                )) + "</tr>")
+        return (f'<table class="ledger"><caption>{html.escape(self.summary())}</caption>'
+                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def table(section: str | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> Table:
+    """Measure the rows of ``section`` (all rows when None) and return them as a table."""
+    rows = entries(section)
+    title = "Ledger" if section is None else f"Ledger §{section}"
+    return Table([e.run(seed=seed, dtype=dtype) for e in rows], title)
