@@ -12,6 +12,12 @@ _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
+import warnings as _warnings  # noqa: E402
+
+# diffusers imports tqdm.auto, which warns in a notebook without ipywidgets and then falls back
+# to plain text progress bars: harmless, and noise on every page of the book.
+_warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
 from . import offline  # noqa: E402
 
 if _os.environ.get(offline.ENV_VAR) == "1":

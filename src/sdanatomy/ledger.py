@@ -172,23 +172,27 @@ class Table:
         return "\n".join(lines + [self.summary()])
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in
-                       ("§", "lecture", "formula", "checked against", "error", "tolerance (why)", "verdict"))
+        # "mathjax_process" lets MathJax typeset the formulas inside a notebook's HTML output.
+        head = "".join(f"<th>{h}</th>" for h in ("§", "lecture", "checked against", "error vs tolerance", "verdict"))
         body = []
         for r in self.results:
             e = r.entry
             verdict = html.escape(e.verdict) + ("" if e.corrected_by is None else
                                                 f" → {html.escape(e.corrected_by)}")
             mark = "✓" if r.ok else "✗ FAILED"
+            cmp = "≤" if e.verdict == "matches" else "&gt;"
             note = f"<br><small>{html.escape(e.note)}</small>" if e.note else ""
-            body.append(
-                "<tr>" + "".join(f"<td>{c}</td>" for c in (
-                    html.escape(e.section), html.escape(e.name), f"\\({html.escape(e.formula)}\\)",
-                    html.escape(e.reference), f"{format_error(r.err)} <small>({html.escape(e.error)})</small>",
-                    f"{format_error(e.tol)} <small>({html.escape(e.why_tol)})</small>", f"{verdict} {mark}{note}",
-                )) + "</tr>")
-        return (f'<table class="ledger"><caption>{html.escape(self.summary())}</caption>'
-                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+                html.escape(e.section),
+                f"{html.escape(e.name)}<br><small>\\({html.escape(e.formula)}\\)</small>",
+                html.escape(e.reference),
+                f"{format_error(r.err)} {cmp} {format_error(e.tol)}<br>"
+                f"<small>error: {html.escape(e.error)}; tolerance: {html.escape(e.why_tol)}</small>",
+                f"{verdict} {mark}{note}",
+            )) + "</tr>")
+        return (f'<div class="ledger mathjax_process"><table class="ledger">'
+                f"<caption>{html.escape(self.summary())}</caption>"
+                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def table(section: str | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> Table:

@@ -243,7 +243,7 @@ def _row_unflatten(seed=0, dtype=torch.float64):
 
 
 @ledger.row("(25)–(26) 1-based ↔ 0-based index map", section="2",
-            formula=r"(i,j)\mapsto (i-1)W+j \text{ is a bijection } [1,H]_{\mathbb Z}\times[1,W]_{\mathbb Z}\to[1,HW]_{\mathbb Z}",
+            formula=r"(i,j)\mapsto (i-1)W+j \ \text{(bijective)}",
             reference="torch's row-major order: arange(H·W).reshape(H, W)[i − 1, j − 1] + 1", tol=0,
             why_tol="integers: exact", error="mismatched indices")
 def _row_index_map(seed=0, dtype=torch.float64):
