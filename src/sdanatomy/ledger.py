@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,8 +28,10 @@ import torch
 
 VERDICTS = ("matches", "differs")
 
-# Modules that define ledger rows, in lecture order. A new chapter adds its module here.
-ROW_MODULES = ("sdanatomy.notation",)
+# Modules that define ledger rows, in lecture order. A new chapter adds its module here;
+# a listed module that does not exist yet is skipped, one that fails to import is an error.
+ROW_MODULES = ("sdanatomy.notation", "sdanatomy.freedom", "sdanatomy.layers", "sdanatomy.attention",
+               "sdanatomy.receptive", "sdanatomy.blocks", "sdanatomy.models")
 
 _REGISTRY: dict[str, "Entry"] = {}
 
@@ -99,7 +102,8 @@ def _equation_key(name: str) -> int:
 def entries(section: str | None = None) -> list[Entry]:
     """All rows (importing every row module), or those of one section and its subsections."""
     for module in ROW_MODULES:
-        importlib.import_module(module)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
     rows = sorted(_REGISTRY.values(), key=lambda e: (_section_key(e.section), _equation_key(e.name)))
     if section is None:
         return rows
