@@ -432,3 +432,6 @@ def rgb_head(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float = 
 from .embeddings import (sinusoidal_embedding, sinusoidal_embedding_as_printed,  # noqa: E402
                          time_mlp, timestep_embedding)
 from . import layers_ledger  # noqa: E402,F401  registers this chapter's rows of the ledger
+
+# --- 6.8 Attention (30)–(33): defined in sdanatomy.attention, re-exported here -------------
+from .attention import multihead_attention, scaled_dot_product_attention  # noqa: E402,F401
