@@ -1,0 +1,132 @@
+"""A miniature Stable Diffusion, trained here: SD-1.5's three classes, small enough for a CPU.
+
+The same diffusers/transformers classes as SD-1.5 — ``AutoencoderKL``, ``UNet2DConditionModel``
+with cross-attention, ``CLIPTextModel`` — sized for 16×16 grey images of handwritten digits
+(scikit-learn's, enlarged from 8×8), prompted in words ("a handwritten seven"). Its weights ship
+with the package as safetensors in diffusers' folder layout and load through
+:func:`sdanatomy.sd15.load`, the code path SD-1.5's weights take. ``python -m
+sdanatomy.miniature.train`` retrains them from scratch.
+
+What is the same as SD-1.5 and what is not:
+
+* the latent is 4 × (H/2) × (W/2) (SD-1.5: 4 × H/8 × W/8), scaled by the VAE's ``scaling_factor``;
+* the U-Net has SD-1.5's shape: cross-attention at the higher resolution and in the middle, a
+  plain level at the lowest resolution, 8 heads; the text context is M = 8 tokens of width 32
+  (SD-1.5: 77 × 768);
+* the text encoder is trained together with the U-Net (SD-1.5 keeps CLIP frozen), with a
+  word-level vocabulary instead of CLIP's 49,408 byte-pair tokens;
+* the noise schedule is SD-1.5's (scaled linear, T = 1000) and sampling is DDIM with
+  classifier-free guidance, as in SD-1.5's pipeline.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import freedom
+from ..digits import WORDS
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+IMAGE_SIZE = 16
+M = 8   # context tokens (SD-1.5: 77)
+
+VAE_CONFIG = dict(
+    in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+    norm_num_groups=16, down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2, sample_size=IMAGE_SIZE,
+)
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+    layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+    norm_num_groups=16,
+)
+SPECIALS = ("<|pad|>", "<|startoftext|>", "<|endoftext|>")
+VOCAB = SPECIALS + WORDS + tuple("0123456789") + ("a", "the", "digit", "number", "handwritten")
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=M, hidden_act="quick_gelu", projection_dim=32,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+TEMPLATES = ("{word}", "{digit}", "digit {word}", "the number {word}", "a handwritten {word}", "the digit {digit}")
+
+
+def prompt(label: int, template: int = 4) -> str:
+    """The prompt for digit ``label`` in one of the TEMPLATES (default: "a handwritten seven")."""
+    return TEMPLATES[template].format(word=WORDS[label], digit=str(label))
+
+
+def tokenize(prompts) -> torch.Tensor:
+    """Prompts -> token ids (B, M): [start, words…, end, pad…], as CLIP's tokenizer lays them out."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    index = {w: i for i, w in enumerate(VOCAB)}
+    rows = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"a prompt is a string; got {type(p).__name__}")
+        words = p.lower().split()
+        unknown = [w for w in words if w not in index or w in SPECIALS]
+        if unknown:
+            raise ValueError(f"the miniature's text encoder cannot encode {unknown} in {p!r}; it knows only "
+                             f"the digits as words or numerals and {', '.join(VOCAB[-5:])}")
+        if len(words) > M - 2:
+            raise ValueError(f"a prompt has at most {M - 2} words (M = {M} tokens with start and end); got {p!r}")
+        ids = [index["<|startoftext|>"]] + [index[w] for w in words] + [index["<|endoftext|>"]]
+        rows.append(ids + [index["<|pad|>"]] * (M - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class EpsHat(torch.nn.Module):
+    """ε̂_θ(z, t, c) of the miniature: the text encoder turns token ids c (B, M) into the context
+    (B, M, 32) that the U-Net's cross-attention reads — the signature freedom's functions expect."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def context(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(ids).last_hidden_state          # (B, M) -> (B, M, d_ctx)
+
+    def forward(self, z, t, ids):
+        return self.unet(z, t, encoder_hidden_states=self.context(ids)).sample
+
+
+def schedule() -> freedom.Schedule:
+    return freedom.Schedule.scaled_linear()   # SD-1.5's
+
+
+def load(folder: Path | str | None = None, *, device="cpu"):
+    """The shipped (or a retrained) miniature, through the loader SD-1.5's weights take."""
+    from .. import sd15
+
+    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    model = sd15.load(folder, device=device, verbose=False)
+    info_file = folder / "training.json"
+    model.info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    return model
+
+
+def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: int = 0, keep_every: int = 0):
+    """Images (B, 1, 16, 16) in [−1, 1] for ``prompts``: DDIM in latent space with classifier-free
+    guidance, then the VAE decoder — SD-1.5's text-to-image loop in miniature. With ``keep_every``,
+    also the decoded intermediate states [(t, images), …]."""
+    ids = tokenize(prompts)
+    eps_hat = EpsHat(model.unet, model.text_encoder).eval()
+    guided = freedom.guided(eps_hat, tokenize([""]), guidance) if guidance != 1.0 else eps_hat
+    g = torch.Generator().manual_seed(seed)
+    shape = (len(ids), 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
+    s = schedule()
+    result = freedom.ddim_sample(guided, shape, ids, schedule=s, num_steps=steps, generator=g,
+                                 final_alpha_bar=s.alpha_bars[0].item(), steps_offset=1,
+                                 keep_every=keep_every)
+    z, kept = result if keep_every else (result, [])
+    decode = lambda latents: decode_latents(model, latents)
+    return (decode(z), [(t, decode(x)) for t, x in kept]) if keep_every else decode(z)
+
+
+def decode_latents(model, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.vae.decode(z / model.vae.config.scaling_factor).sample.clamp(-1, 1)
