@@ -65,7 +65,7 @@ def test_retrain_command_runs_end_to_end(tmp_path):
     # A few steps only: the full run (~10 minutes) is what produced the shipped weights.
     out = tmp_path / "mini"
     report = mini_train.main(["--out", str(out), "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "16",
-                              "--samples-per-digit", "1", "--no-progress"])
+                              "--samples-per-digit", "2", "--no-progress"])
     model = miniature.load(out)
     assert model.mode == sd15.REAL and len(report["unet_loss"]) == 2
     assert not (tmp_path / "mini.partial").exists()
@@ -82,6 +82,7 @@ def test_judge_is_good_on_real_digits_and_diversity_is_one_for_the_data():
 @pytest.mark.parametrize("call, match", [
     (lambda: digits.load_digits(12), "multiple of 8"),
     (lambda: digits.to_original_scale(torch.zeros(2, 3, 16, 16)), "grey images"),
+    (lambda: digits.diversity(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), "at least two images"),
 ])
 def test_digits_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

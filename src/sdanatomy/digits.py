@@ -79,6 +79,8 @@ def diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
             if len(V) > 1:
                 D = torch.cdist(V, V)
                 per_digit.append(D.sum() / (len(V) * (len(V) - 1)))
+        if not per_digit:
+            raise ValueError("diversity needs at least two images of one digit")
         return torch.stack(per_digit).mean()
 
     return (spread(images.float(), labels) / spread(real, real_labels)).item()
