@@ -87,3 +87,18 @@ def test_judge_is_good_on_real_digits_and_diversity_is_one_for_the_data():
 def test_digits_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cross_attention_maps_are_distributions_and_leave_the_model_as_it_was():
+    from sdanatomy.miniature import maps
+
+    model = miniature.load()
+    processors = {n: type(m.processor) for n, m in model.unet.named_modules() if n.endswith("attn2")}
+    image, tokens, pi = maps.cross_attention_maps(model, "a handwritten two", steps=5, seed=0)
+    assert pi.shape == (miniature.M, 8, 8) and torch.allclose(pi.sum(0), torch.ones(8, 8), atol=1e-5)
+    assert tokens.tolist() == miniature.tokenize("a handwritten two")[0].tolist()
+    plain = miniature.generate(model, ["a handwritten two"], steps=5, seed=0)[0]
+    assert (image - plain).abs().max() < 1e-4     # the explicit-softmax processor: the same function
+    after = {n: type(m.processor) for n, m in model.unet.named_modules() if n.endswith("attn2")}
+    assert after == processors and not any("get_attention_scores" in vars(m)
+                                            for n, m in model.unet.named_modules() if n.endswith("attn2"))
