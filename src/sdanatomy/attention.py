@@ -42,8 +42,9 @@ THETA_MHA_OPTIONAL = ("to_out.0.bias",)
 def _softmax(x: torch.Tensor, *, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
     """Softmax^{(τ)}, Def. 6.4, eq. (17): exp(x_i/τ) / Σ_j exp(x_j/τ) along ``dim``.
 
-    A private copy of ``layers.softmax`` (three lines), so that this module does not depend on
-    one written in parallel; torch.softmax subtracts the maximum first, which (17) allows.
+    A private copy of ``layers.softmax`` (three lines): ``layers`` re-exports this module's
+    functions, so importing ``layers`` here would be circular. torch.softmax subtracts the maximum
+    first, which (17) allows.
     """
     if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0 and math.isfinite(tau)):
         raise ValueError(f"Softmax^(τ) needs a temperature τ > 0 (Def. 6.4); got τ={tau!r}")
