@@ -1,4 +1,9 @@
-"""Diagrams, lecture figures 3–4 (and later §5's torchview diagrams): computed, never drawn by hand.
+"""Diagrams, lecture figures 1–4: computed, never drawn by hand.
+
+Figures 1 and 2 (§5.3–5.4) are drawn as the lecture drew them: torchview at depth 1 on diffusers'
+SD-1.5 modules, here built on the meta device (shapes, no weights), so a drawing takes about a second.
+:func:`write_torchview_figures` writes them, and closer views of single blocks, as byte-for-byte
+reproducible SVG stamped with the SHA-256 of the graph drawn (:func:`dot_digest`).
 
 Figures 3 and 4 show which weight sits on which edge of a 1-D down- or upsampling layer. Here the
 pattern is *measured*: for a layer y = f_θ(x) that is linear in x and in θ, the Jacobian ∂y/∂x at
@@ -8,6 +13,9 @@ draws the edges coloured by weight; :func:`write_figure` writes one of :data:`FI
 """
 from __future__ import annotations
 
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -171,3 +179,118 @@ def timestep_heatmap(E: torch.Tensor, t: torch.Tensor):
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     fig.tight_layout()
     return fig
+
+
+# --- figures 1–2: torchview on SD-1.5's own modules (§5.3–5.4) ----------------------------------
+FONT = "Helvetica,Arial,sans-serif"   # metric twins exist everywhere, so the boxes fit the text
+LATENT, CONTEXT = (1, 4, 64, 64), (1, 77, 768)
+
+
+@dataclass(frozen=True)
+class TorchviewFigure:
+    component: str   # "unet" or "vae"
+    module: str      # submodule path, "" for the whole network
+    inputs: dict     # forward's argument name -> shape (the timestep is int64, the rest float32)
+    depth: int       # torchview's depth: 1 shows the module's children
+    title: str
+    options: tuple = ()   # further keyword arguments of forward, as (name, value) pairs
+
+
+TORCHVIEW_FIGURES = {
+    "fig1_unet": TorchviewFigure(
+        "unet", "", dict(sample=LATENT, timestep=(1,), encoder_hidden_states=CONTEXT), 1,
+        "Figure 1: UNet2DConditionModel, depth 1"),
+    "fig1_unet_down_block": TorchviewFigure(
+        "unet", "down_blocks.0", dict(hidden_states=(1, 320, 64, 64), temb=(1, 1280),
+                                      encoder_hidden_states=CONTEXT), 1,
+        "down_blocks.0 (CrossAttnDownBlock2D), depth 1"),
+    "fig1_unet_resnet_block": TorchviewFigure(
+        "unet", "down_blocks.1.resnets.0", dict(input_tensor=(1, 320, 32, 32), temb=(1, 1280)), 1,
+        "down_blocks.1.resnets.0 (ResnetBlock2D, 320 → 640 channels), depth 1"),
+    "fig1_unet_transformer": TorchviewFigure(
+        "unet", "down_blocks.0.attentions.0", dict(hidden_states=(1, 320, 64, 64),
+                                                   encoder_hidden_states=CONTEXT), 2,
+        "down_blocks.0.attentions.0 (Transformer2DModel), depth 2",
+        (("return_dict", False),)),   # as its block calls it (diffusers' output class warns otherwise)
+    "fig2_vae_decoder": TorchviewFigure(
+        "vae", "decoder", dict(sample=LATENT), 1, "Figure 2: the VAE's Decoder, depth 1"),
+    "fig2_vae_mid_block": TorchviewFigure(
+        "vae", "decoder.mid_block", dict(hidden_states=(1, 512, 64, 64)), 1,
+        "decoder.mid_block (UNetMidBlock2D), depth 1"),
+}
+
+
+def torchview_graph(name: str):
+    """torchview's ComputationGraph of ``TORCHVIEW_FIGURES[name]``, drawn from diffusers' SD-1.5 module
+    built on the meta device (shapes only) and run once on meta inputs of the figure's shapes.
+
+    torchview's own settings, as in the lecture, except the layout: no fixed ``size`` (it would shrink
+    the drawing), closer nodes and ranks, and a sans-serif font (its default, Linux Libertine, is rarely
+    installed, and a substitute with other widths overflows the boxes).
+    """
+    from torchview import draw_graph
+    if name not in TORCHVIEW_FIGURES:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(TORCHVIEW_FIGURES)}")
+    from . import sd15
+    spec = TORCHVIEW_FIGURES[name]
+    root = {"unet": sd15.build_unet, "vae": sd15.build_vae}[spec.component](weights="meta")
+    module = root.get_submodule(spec.module) if spec.module else root
+    inputs = {k: torch.empty(shape, device="meta", dtype=torch.int64 if k == "timestep" else torch.float32)
+              for k, shape in spec.inputs.items()}
+    graph = draw_graph(module, input_data=inputs, depth=spec.depth, device="meta", graph_name=name,
+                       **dict(spec.options))
+    dot = graph.visual_graph
+    dot.graph_attr.pop("size", None)
+    dot.graph_attr.update(nodesep="0.12", ranksep="0.3")
+    dot.node_attr["fontname"] = dot.edge_attr["fontname"] = FONT
+    return graph
+
+
+def dot_digest(name: str) -> str:
+    """SHA-256 of the figure's DOT source: what torchview saw, independent of graphviz and fonts."""
+    return hashlib.sha256(torchview_graph(name).visual_graph.source.encode()).hexdigest()
+
+
+def render_svg(name: str) -> str:
+    """The figure as SVG text; graphviz's version comment replaced by what was drawn and its digest."""
+    dot = torchview_graph(name).visual_graph
+    digest = hashlib.sha256(dot.source.encode()).hexdigest()
+    spec = TORCHVIEW_FIGURES[name]
+    svg = dot.pipe(format="svg", encoding="utf-8")
+    stamp = (f"<!-- sdanatomy.diagrams {name}: torchview depth {spec.depth} of SD-1.5 "
+             f"{spec.component}{'.' + spec.module if spec.module else ''}; DOT sha256 {digest} -->")
+    return re.sub(r"<!-- Generated by graphviz version.*?-->", stamp, svg, count=1, flags=re.S)
+
+
+def svg_digest(svg: str) -> str | None:
+    """The DOT digest stamped into an SVG written by :func:`render_svg`."""
+    m = re.search(r"DOT sha256 ([0-9a-f]{64})", svg)
+    return m.group(1) if m else None
+
+
+def write_torchview_figures(out_dir=None, names=None) -> list[Path]:
+    """Write the figures of ``TORCHVIEW_FIGURES`` (all, or ``names``) to out_dir (book/figures) as SVG."""
+    out = Path(out_dir or figures_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names or TORCHVIEW_FIGURES:
+        path = out / f"{name}.svg"
+        path.write_text(render_svg(name), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def figure_nodes(name: str) -> list[tuple[str, str, str]]:
+    """The boxes of the figure, top to bottom as torchview numbers them: (name, inputs, outputs).
+
+    Tensors have an empty ``inputs`` and their shape as ``outputs``; the text twin of the drawing.
+    """
+    source = torchview_graph(name).visual_graph.source
+    nodes = []
+    for label in re.findall(r"\[label=<(.*?)> fillcolor", source, flags=re.S):
+        cells = [re.sub(r"<BR/>depth:\d+", "", c).strip() for c in re.findall(r"<TD[^>]*>(.*?)</TD>", label)]
+        if len(cells) == 2:                                    # a tensor: name, shape
+            nodes.append((cells[0], "", cells[1]))
+        else:                                                  # a module or function
+            nodes.append((cells[0], cells[2], cells[4]))
+    return nodes
