@@ -6,26 +6,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 # A CPU build of torch. GPU users: see README ("GPU") for installing a CUDA build first.
 TORCH ?= torch==2.13.0
+OPEN_CLIP := open_clip_torch==3.3.0
 STAMP := $(VENV)/.installed-stamp
 OFFLINE := SDANATOMY_FORBID_NETWORK=1 HF_HUB_OFFLINE=1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
-.PHONY: book test install dot pytest nbval book-strict clean
+STATUS := _build/status
+
+.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean
 
 book: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build .
 	@echo
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
-test: install pytest nbval book-strict
-	@echo "make test: unit tests, notebooks (nbval) and the strict book build all passed."
+test: test-start install pytest nbval book-strict browser
+	@$(BIN)/python -m sdanatomy.status finish-make-test
+	@echo "make test: unit tests, notebooks (nbval), the strict book build and the browser test all passed."
+
+# make test's start, for its total time (shown by the status appendix and bench/run.py).
+test-start:
+	@mkdir -p $(STATUS) && date +%s > $(STATUS)/make_test.started
 
 install: $(STAMP) dot
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[book,test]"
+	@# CLIP's BPE vocabulary (SD-1.5's tokenizer) ships in this wheel; only that file is read.
+	@# --no-deps: its torchvision requirement would pull a build that does not match this torch.
+	$(BIN)/pip install --quiet --no-deps "$(OPEN_CLIP)"
 	@touch $@
 
 dot:
@@ -41,13 +52,33 @@ dot:
 	  fi; }
 
 pytest: install
-	$(OFFLINE) $(BIN)/pytest tests
+	$(OFFLINE) $(BIN)/pytest tests --ignore=tests/browser
 
 nbval: install
 	$(OFFLINE) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider
 
 book-strict: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build . --all -W -n --keep-going
+
+# After book-strict: every page of the built site in headless Chromium (tests/browser), offline;
+# one screenshot per chapter in _build/screenshots.
+browser: install chromium
+	$(OFFLINE) $(BIN)/pytest tests/browser --site _build/html -p no:cacheprovider
+
+# Speed, reported, never asserted: bench/run.py writes _build/status/bench.json for the status appendix.
+bench: install
+	$(BIN)/python bench/run.py
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x "$$SDANATOMY_CHROMIUM" || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Chromium (for the browser test) is missing: installing Debian's chromium package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser test needs Chromium: Debian/Ubuntu: sudo apt-get install chromium,"; \
+	    echo "  or set SDANATOMY_CHROMIUM to a Chrome/Chromium binary"; \
+	    exit 1; \
+	  fi; }
 
 clean:
 	rm -rf _build .pytest_cache

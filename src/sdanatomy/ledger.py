@@ -31,7 +31,7 @@ VERDICTS = ("matches", "differs")
 # Modules that define ledger rows, in lecture order. A new chapter adds its module here;
 # a listed module that does not exist yet is skipped, one that fails to import is an error.
 ROW_MODULES = ("sdanatomy.notation", "sdanatomy.freedom", "sdanatomy.layers", "sdanatomy.attention",
-               "sdanatomy.receptive", "sdanatomy.blocks", "sdanatomy.models")
+               "sdanatomy.receptive", "sdanatomy.blocks", "sdanatomy.models", "sdanatomy.decoder")
 
 _REGISTRY: dict[str, "Entry"] = {}
 

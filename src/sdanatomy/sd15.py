@@ -400,3 +400,8 @@ def load(weights=None, *, components=COMPONENTS, device=None, dtype=torch.float3
     if verbose:
         print(f"sdanatomy: {result.describe()}")
     return result
+
+
+# §5's loop, prompt → tokenizer → text encoder → U-Net with guidance → scheduler → VAE decoder,
+# lives in its own module; it is part of what "SD-1.5" offers, so it is reachable from here too.
+from .text_to_image import text_to_image  # noqa: E402,F401

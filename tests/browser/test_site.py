@@ -1,0 +1,155 @@
+"""The website as its readers see it: every page loaded in headless Chromium (fixtures: conftest.py).
+
+A page fails on a MathJax error or TeX left unrendered, an image, SVG or other resource that did
+not load, a console or JavaScript error, a request that tried to leave the machine, or an
+internal link or cross-reference that leads nowhere. The site fails when a page of _toc.yml is
+missing from the navigation, a page exists outside it, or the search does not find a term
+that a chapter contains. One screenshot per chapter is saved beside the site.
+"""
+from __future__ import annotations
+
+import html.parser
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from conftest import VIEWPORT_WIDTH
+
+# Pages Sphinx generates besides the chapters: the root redirect, the indices, the search page.
+GENERATED = {"index.html", "genindex.html", "search.html", "prf-prf.html", "py-modindex.html"}
+# Terms a reader would search for, each found in at least one chapter of the book.
+SEARCH_TERMS = ("GroupNorm",)
+
+
+def _site_path(server, url: str) -> tuple[str, str] | None:
+    """(path relative to the site, fragment) for a URL served by the test server, else None."""
+    u, base = urllib.parse.urlsplit(url), urllib.parse.urlsplit(server.base)
+    if (u.scheme, u.netloc) != (base.scheme, base.netloc):
+        return None
+    path = urllib.parse.unquote(u.path).lstrip("/")
+    if path == "" or path.endswith("/"):
+        path += "index.html"
+    return path, urllib.parse.unquote(u.fragment)
+
+
+class _Ids(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids = set()
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k == "id" or (tag == "a" and k == "name"):
+                self.ids.add(v)
+
+
+def _ids(visits, server, path: str) -> set[str]:
+    """The element ids of a page: from the browser's DOM for pages, parsed from the file otherwise."""
+    if path.endswith(".html"):
+        return set(visits(path).dom.get("ids", []))
+    parser = _Ids()
+    parser.feed((server.root / path).read_text(errors="replace"))
+    return parser.ids
+
+
+# ---------------------------------------------------------------- every page
+def _redirected(v, server) -> bool:
+    """The root index.html only redirects to the book's first page: check that it lands."""
+    if v.final_url == server.base + v.page:
+        return False
+    target = _site_path(server, v.final_url)
+    assert target and (server.root / target[0]).is_file(), f"{v.page} redirects nowhere: {v.final_url}"
+    return True
+
+
+def test_page_renders_cleanly(page, visits, server):
+    v = visits(page)
+    if _redirected(v, server):
+        return
+    d = v.dom
+    problems = [f"MathJax error: {e}" for e in d["merrors"]]
+    problems += [f"math left unrendered: {t!r}" for t in d["unrendered"]]
+    problems += [f"TeX source left in the text: {t!r}" for t in d["leftovers"]]
+    problems += [f"equation wider than the column ({VIEWPORT_WIDTH} px window): {t!r}" for t in d["too_wide"]]
+    problems += [f"image did not load: {i['src']}" for i in d["images"] if not i["ok"]]
+    for o in d["objects"]:
+        target = _site_path(server, o["url"])
+        if target is not None and not (server.root / target[0]).is_file():
+            problems.append(f"<{o['tag']}> source does not exist: {o['src']}")
+    problems += [f"request failed: {r}" for r in v.failed_requests]
+    problems += [f"JavaScript error: {e}" for e in v.page_errors]
+    problems += [f"console error: {e}" for e in v.console_errors]
+    problems += [f"tried to leave the machine (blocked): {u}" for u in v.blocked]
+    assert not problems, f"{page} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+
+
+def test_links_lead_somewhere(page, visits, server):
+    v = visits(page)
+    if _redirected(v, server):
+        return
+    dead = []
+    for link in v.dom["links"]:
+        target = _site_path(server, link["url"])
+        if target is None or link["raw"].startswith(("javascript:", "mailto:")):
+            continue  # outside the site: not followed (the test is offline)
+        path, fragment = target
+        if not (server.root / path).is_file():
+            dead.append(f"{link['raw']} ({link['text']!r}): no page {path}")
+        elif fragment and fragment not in _ids(visits, server, path):
+            dead.append(f"{link['raw']} ({link['text']!r}): {path} has no anchor #{fragment}")
+    assert not dead, f"{page} has {len(dead)} link(s) that lead nowhere:\n  " + "\n  ".join(dead)
+
+
+# ---------------------------------------------------------------- the site as a whole
+def test_every_toc_page_is_in_the_navigation(site, toc, visits, server):
+    missing = [p for p in toc if not (site / p).is_file()]
+    assert not missing, f"pages of _toc.yml that were not built: {missing}"
+    for page in toc:
+        nav = {_site_path(server, url)[0] for url in visits(page).dom["nav"]}
+        absent = [p for p in toc if p not in nav]
+        assert not absent, f"the sidebar of {page} does not lead to {absent}"
+
+
+def test_no_page_outside_the_toc(toc, pages):
+    orphans = [p for p in pages if p not in toc and p not in GENERATED]
+    assert not orphans, f"pages that no reader can reach from the navigation: {orphans}"
+
+
+@pytest.mark.parametrize("term", SEARCH_TERMS)
+def test_search_finds_a_chapter_term(term, toc, browser, server):
+    chapters = set(toc)
+    tab = browser.context.new_page()
+    errors = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        tab.goto(f"{server.base}search.html?q={urllib.parse.quote(term)}", wait_until="load")
+        # Sphinx's search writes its summary when the last result is shown.
+        tab.wait_for_function("() => { const s = document.querySelector('#search-results .search-summary');"
+                              " return s && s.textContent.trim().length > 0; }", timeout=30_000)
+        hits = tab.eval_on_selector_all("#search-results ul.search li a", "as => as.map(a => a.href)")
+        summary = tab.inner_text("#search-results .search-summary")
+    finally:
+        tab.close()
+    pages = {_site_path(server, h)[0] for h in hits if _site_path(server, h)}
+    assert pages & chapters, f"searching {term!r} found no chapter: {summary!r}, hits {sorted(pages)}"
+
+
+def test_nothing_leaves_the_machine(pages, visits, browser):
+    for page in pages:
+        visits(page)
+    blocked = sorted(set(browser.blocked))
+    assert not blocked, f"pages tried to reach outside loopback: {blocked}"
+
+
+def test_server_answered_every_request(pages, visits, server):
+    for page in pages:
+        visits(page)
+    errors = sorted(set(server.errors))
+    assert not errors, f"requests the site could not answer: {errors}"
+
+
+def test_one_screenshot_per_chapter(toc, visits):
+    for page in toc:
+        shot = visits(page).screenshot
+        assert shot is not None and shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", page
