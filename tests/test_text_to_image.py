@@ -223,3 +223,14 @@ def test_bad_model_and_tokenizer(tiny):
     with pytest.raises(TypeError, match="token ids"):
         text_to_image(tiny, "a cat", tokenizer=lambda p: torch.zeros(len(p), 77), steps=1, device="cpu",
                       progress=False)
+
+
+def test_image_grid_places_each_image_row_by_row_with_padding():
+    from sdanatomy.text_to_image import image_grid
+    images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 1, 2, 3)
+    grid = image_grid(images, rows=2, pad=1, fill=-1.0)
+    assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 1)
+    assert grid[0, 0, 0] == 0 and grid[0, 4, 0] == 1 and grid[3, 0, 0] == 3 and grid[4, 10, 0] == 5
+    assert grid[2, 0, 0] == -1 and grid[0, 3, 0] == -1          # the padding between cells
+    with pytest.raises(ValueError, match="do not fill"):
+        image_grid(images, rows=4)

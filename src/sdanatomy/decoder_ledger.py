@@ -23,7 +23,7 @@ from .blocks import BOOK, TORCH, resnet_block_2d, resnet_block_2d_printed
 from .decoder import (printed_stages, printed_theta, stages, up_decoder_block_2d, upsampling_factor,
                       vae_attention, vae_decoder, vae_decoder_printed)
 from .layers import EPS_VAE, flatten, group_norm, sub, unflatten, upsample_2d
-from .layers_ledger import reference, sd15_meta
+from .layers_ledger import reference, sd15_meta, seed_parameters
 
 # SD-1.5's VAE configuration with narrower widths (SD-1.5: 128, 256, 512, 512): 4 levels,
 # layers_per_block = 2, G = 32, latent 4 channels, RGB out, attention in the mid block.
@@ -43,20 +43,6 @@ def _rel(Y, ref) -> float:
     return ((Y - ref).abs().max() / ref.abs().max()).item()
 
 
-def _seed_parameters(module: torch.nn.Module, seed: int, dtype) -> torch.nn.Module:
-    """Storage and seeded Θ for a meta module, as layers_ledger.reference draws them."""
-    module = module.to_empty(device="cpu").to(dtype).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            if p.dim() > 1:
-                bound = 1 / math.sqrt(p[0].numel())
-                p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) * 2 * bound - bound)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
-    return module
-
-
 @functools.lru_cache(maxsize=1)
 def _narrow_meta():
     return sd15.build_vae(NARROW, weights="meta")
@@ -67,7 +53,7 @@ def narrow_vae(seed: int = 0, dtype=torch.float64):
     stays on meta: ``decode`` never reads it). Returns (module, its Θ)."""
     vae = copy.deepcopy(_narrow_meta())
     for name in ("post_quant_conv", "decoder"):
-        _seed_parameters(vae.get_submodule(name), seed, dtype)
+        seed_parameters(vae.get_submodule(name), seed, dtype)
     theta = {k: v.detach() for k, v in vae.state_dict().items() if not k.startswith(("encoder.", "quant_conv."))}
     return vae.eval(), theta
 
@@ -287,7 +273,7 @@ UP_PATH = "vae.decoder.up_blocks.2"   # 512 -> 256: three ResnetBlock2D (the fir
 def _row_up_printed(seed=0, dtype=torch.float64):
     block = copy.deepcopy(sd15_meta()[1].decoder.up_blocks[1])
     block.resnets = block.resnets[:1]                                 # n = 1: SD-1.5's class and settings
-    block = _seed_parameters(block, seed, dtype)
+    block = seed_parameters(block, seed, dtype)
     theta = _theta(block)
     X = _randn(seed, dtype, 2, 512, 3, 4)
     with torch.no_grad():

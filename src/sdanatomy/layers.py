@@ -73,6 +73,14 @@ def _pair(value, name: str, layer: str, minimum: int) -> tuple[int, int]:
     return pair
 
 
+def _same_kind(X: torch.Tensor, T: torch.Tensor, layer: str, x: str = "X", t: str = "Θ") -> None:
+    """X and the parameters must share dtype and device: say so, not torch's kernel deep inside."""
+    if X.dtype != T.dtype:
+        raise TypeError(f"{layer}: {x} has dtype {X.dtype} but {t} holds {T.dtype}; cast one to the other")
+    if X.device != T.device:
+        raise ValueError(f"{layer}: {x} is on device {X.device} but {t} is on {T.device}; move one to the other")
+
+
 def sub(theta: Mapping, prefix: str) -> dict:
     """The Θ of a submodule: the keys under ``prefix.``, with the prefix removed (state_dict slicing)."""
     return {k[len(prefix) + 1:]: v for k, v in theta.items() if k.startswith(prefix + ".")}
@@ -99,6 +107,7 @@ def _conv_setup(theta, X, stride, padding, bias, layer="Conv2d"):
         raise ValueError(f"{layer}: Θ['weight'] stacks W^(o) ∈ R^(C_in×k_h×k_w), "
                          f"shape (C_out, C_in, k_h, k_w); got {tuple(Wk.shape)}")
     C_out, C_in, k_h, k_w = Wk.shape
+    _same_kind(X4, Wk, layer)
     b = theta["bias"] if bias else Wk.new_zeros(C_out)
     if b.shape != (C_out,):
         raise ValueError(f"{layer}: Θ['bias'] holds b_o for o ∈ [1, C_out], shape ({C_out},); "
@@ -188,6 +197,7 @@ def linear(theta: Mapping, x: torch.Tensor, *, bias: bool = True) -> torch.Tenso
     if x.shape[-1] != W.shape[1]:
         raise ValueError(f"Linear: x has d_in = {x.shape[-1]} but W ∈ R^(d_out×d_in) "
                          f"has d_in = {W.shape[1]} (15)")
+    _same_kind(x, W, "Linear", "x")
     b = theta["bias"] if bias else W.new_zeros(W.shape[0])
     if b.shape != W.shape[:1]:
         raise ValueError(f"Linear: b ∈ R^d_out needs shape ({W.shape[0]},); got {tuple(b.shape)} (15)")
@@ -233,12 +243,14 @@ def softmax(x: torch.Tensor, *, tau: float = 1.0) -> torch.Tensor:
 
 # --- 6.4 GroupNorm (18)–(19) ------------------------------------------------------------
 
-def _group_norm_setup(theta, X, groups):
+def _group_norm_setup(theta, X, groups, eps=EPS_UNET):
     _check_theta(theta, "GroupNorm", "Def. 6.5: γ as weight (C,), β as bias (C,)", ("weight", "bias"))
     X4, single = _image(X, "GroupNorm")
     C = X4.shape[1]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or C % groups:
         raise ValueError(f"GroupNorm needs G | C (Def. 6.5); got C={C}, G={groups}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"GroupNorm needs ε > 0 (Def. 6.5: it keeps √(σ_g² + ε) away from 0); got ε={eps!r}")
     gamma, beta = theta["weight"], theta["bias"]
     if gamma.shape != (C,) or beta.shape != (C,):
         raise ValueError(f"GroupNorm: γ, β ∈ R^C need shape ({C},) for X with C = {C} channels; "
@@ -252,7 +264,7 @@ def group_norm(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float 
     X: (B, C, H, W) or (C, H, W) -> same shape; theta: weight γ (C,), bias β (C,).
     Group g holds the contiguous channels (g−1)·C/G + 1, …, g·C/G.  ε: U-Net 1e-5, VAE 1e-6.
     """
-    X4, gamma, beta, single = _group_norm_setup(theta, X, groups)
+    X4, gamma, beta, single = _group_norm_setup(theta, X, groups, eps)
     B, C, H, W = X4.shape
     Xg = X4.reshape(B, groups, C // groups * H * W)           # (B, G, |S_g|): group g's elements
     mu = Xg.mean(dim=-1, keepdim=True)                        # (18): μ_g
@@ -265,7 +277,7 @@ def group_norm(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float 
 def group_norm_literal(theta: Mapping, X: torch.Tensor, *, groups: int = 32,
                        eps: float = EPS_UNET) -> torch.Tensor:
     """(18)–(19) term by term: S_g = {(c, i, j) : g(c) = g}, g(c) = ⌈c·G/C⌉, 1-based c (tiny inputs)."""
-    X4, gamma, beta, single = _group_norm_setup(theta, X, groups)
+    X4, gamma, beta, single = _group_norm_setup(theta, X, groups, eps)
     B, C, H, W = X4.shape
     g_of = {c: -(-c * groups // C) for c in range(1, C + 1)}  # g(c) = ⌈c·G/C⌉: blocks of C/G channels
     Y = torch.empty_like(X4)
@@ -398,6 +410,7 @@ def concat(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     if single_a != single_b or A4.shape[0] != B4.shape[0] or A4.shape[-2:] != B4.shape[-2:]:
         raise ValueError(f"Concat (27) joins tensors that agree in everything but C (batch, H, W); "
                          f"got {tuple(A.shape)} and {tuple(B.shape)}")
+    _same_kind(B4, A4, "Concat", "B", "A")
     Y = torch.cat([A4, B4], dim=1)                            # (27): channels of A, then those of B
     return Y[0] if single_a else Y
 

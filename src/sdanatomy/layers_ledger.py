@@ -42,7 +42,12 @@ def reference(path: str, *, seed: int = 0, dtype=torch.float64) -> torch.nn.Modu
     U(±1/√fan_in) as torch initialises them, vectors (biases, γ, β) N(0, 1)."""
     unet, vae = sd15_meta()
     root, _, name = path.partition(".")
-    module = copy.deepcopy({"unet": unet, "vae": vae}[root].get_submodule(name))
+    return seed_parameters(copy.deepcopy({"unet": unet, "vae": vae}[root].get_submodule(name)), seed, dtype)
+
+
+def seed_parameters(module: torch.nn.Module, seed: int, dtype) -> torch.nn.Module:
+    """Storage and seeded Θ for a meta module (in place): kernels and matrices U(±1/√fan_in) as torch
+    initialises them, vectors (biases, γ, β) N(0, 1), drawn in the order of the sorted names."""
     module = module.to_empty(device="cpu").to(dtype).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

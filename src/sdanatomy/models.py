@@ -209,7 +209,7 @@ def _check_theta(theta: Mapping, c: dict) -> torch.dtype:
     return dtypes.pop()
 
 
-def _check_inputs(z, t, context, c, dtype):
+def _check_inputs(z, t, context, c, dtype, device):
     """z (B, C, H, W) or (C, H, W); t scalar, (1,) or (B,); context (B, M, d_ctx) or (M, d_ctx)."""
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"unet: z is a torch.Tensor (B, {c['in_channels']}, H, W); got {type(z).__name__}")
@@ -220,6 +220,8 @@ def _check_inputs(z, t, context, c, dtype):
                          f"(or one latent (C, H, W)); got shape {tuple(z.shape)}")
     if z4.dtype != dtype:
         raise TypeError(f"unet: z has dtype {z4.dtype} but Θ holds {dtype}; cast one to the other")
+    if z4.device != device:
+        raise ValueError(f"unet: z is on device {z4.device} but Θ is on {device}; move one to the other")
     B = z4.shape[0]
     if not isinstance(context, torch.Tensor):
         raise TypeError(f"unet: context is a torch.Tensor (B, M, d_ctx); got {type(context).__name__}")
@@ -231,6 +233,8 @@ def _check_inputs(z, t, context, c, dtype):
                          f"got shape {tuple(context.shape)}")
     if C.dtype != dtype:
         raise TypeError(f"unet: context has dtype {C.dtype} but Θ holds {dtype}")
+    if C.device != device:
+        raise ValueError(f"unet: context is on device {C.device} but Θ is on {device}; move one to the other")
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"unet: t is a number or a tensor of shape (), (1,) or (B,) = ({B},); got {type(t).__name__}")
     t = torch.as_tensor(t, device=z4.device)
@@ -273,7 +277,7 @@ def unet(theta: Mapping, z: torch.Tensor, t, context: torch.Tensor, *, config: M
     _check_ops(ops)
     c = unet_config(config)
     dtype = _check_theta(theta, c)
-    Z, t, C, single = _check_inputs(z, t, context, c, dtype)
+    Z, t, C, single = _check_inputs(z, t, context, c, dtype, theta["conv_in.weight"].device)
     G, eps, n = c["norm_num_groups"], c["norm_eps"], c["layers_per_block"]
     heads, L = c["heads"], len(c["block_out_channels"])
 
@@ -329,7 +333,7 @@ def unet_printed(theta: Mapping, z: torch.Tensor, t, context: torch.Tensor, *,
     """
     c = unet_config(config)
     dtype = _check_theta(theta, c)
-    Z, t, C, _ = _check_inputs(z, t, context, c, dtype)
+    Z, t, C, _ = _check_inputs(z, t, context, c, dtype, theta["conv_in.weight"].device)
     G, eps, heads, L = c["norm_num_groups"], c["norm_eps"], c["heads"], len(c["block_out_channels"])
     e = time_features(t, R=c["block_out_channels"][0] // 2).to(dtype)
     h = ops.linear(sub(theta, "time_embedding.linear_2"),

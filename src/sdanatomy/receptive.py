@@ -460,7 +460,7 @@ def measure_receptive_field(f: Callable[[torch.Tensor], torch.Tensor], input_sha
         if not isinstance(Y, torch.Tensor) or Y.dim() != 4 or Y.shape[0] != P:
             raise ValueError(f"f must return ({P}, C', H', W') for an input of batch {P}; got "
                              f"{tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__}")
-        if Y.grad_fn is None:
+        if not Y.requires_grad:            # (the identity returns X itself: a leaf, but it depends on X)
             raise ValueError("f's output does not depend on its input at all (no autograd path from X to Y)")
         if pixels is None:
             out_hw = tuple(Y.shape[2:])

@@ -277,10 +277,18 @@ def steps_to_settle(rows: list[dict], level: float) -> dict:
     return {band: next((r["i"] for r in rows if r[band] < level), None) for band in ("low", "high")}
 
 
-def image_grid(images: torch.Tensor, *, rows: int) -> torch.Tensor:
-    """Images (N, C, H, W), N = rows·cols, filled row by row -> one picture (rows·H, cols·W, C) for imshow."""
+def image_grid(images: torch.Tensor, *, rows: int, pad: int = 2, fill: float = 0.0) -> torch.Tensor:
+    """Images (N, C, H, W), N = rows·cols, filled row by row, ``pad`` pixels of ``fill`` between them
+    -> one picture (rows·(H + pad) − pad, cols·(W + pad) − pad, C) for imshow."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError("image_grid takes images (N, C, H, W)")
     N, C, H, W = images.shape
-    if N % rows:
-        raise ValueError(f"{N} images do not fill {rows} rows")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1 or N % rows:
+        raise ValueError(f"{N} images do not fill {rows!r} rows")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad is a number of pixels ≥ 0; got {pad!r}")
     cols = N // rows
-    return images.reshape(rows, cols, C, H, W).permute(0, 3, 1, 4, 2).reshape(rows * H, cols * W, C)
+    framed = torch.nn.functional.pad(images, (0, pad, 0, pad), value=fill)      # (N, C, H + pad, W + pad)
+    grid = framed.reshape(rows, cols, C, H + pad, W + pad).permute(0, 3, 1, 4, 2)  # (rows, H', cols, W', C)
+    grid = grid.reshape(rows * (H + pad), cols * (W + pad), C)
+    return grid[: grid.shape[0] - pad, : grid.shape[1] - pad]
