@@ -88,6 +88,21 @@ def test_notebooks_carry_their_outputs():
         assert not errors, f"{path.name}: stored error output"
 
 
+def test_no_cell_relies_on_a_trailing_semicolon_or_stores_warnings():
+    # nbval executes cells so that IPython's trailing-";" display suppression does not apply: a cell
+    # ending in `f();` stores no output but shows f's value under nbval. And a stored warning (stderr)
+    # is a deprecation waiting to change the output; both are failures of the notebook, not of nbval.
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for c in nb["cells"]:
+            if c["cell_type"] != "code":
+                continue
+            src = "".join(c["source"]).rstrip()
+            assert not src.endswith(";"), f"{path.name} {c.get('id')}: ends with ';' — assign to _ instead"
+            stderr = [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stderr"]
+            assert not stderr, f"{path.name} {c.get('id')}: stored stderr {''.join(stderr[0]['text'])[:120]!r}"
+
+
 def test_bibliography_holds_the_lectures_six_references():
     bib = (ROOT / "book" / "references.bib").read_text()
     for key in ("ho2020ddpm", "karras2022edm", "kingma2014vae", "rombach2022ldm",
