@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from sdanatomy import offline
+from sdanatomy import offline, sd15
 
 # Subprocesses (notebook kernels started by nbval) inherit this and arm the guard on import.
 os.environ[offline.ENV_VAR] = "1"
@@ -14,3 +14,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 def _no_network():
     offline.forbid_network()
     yield
+
+
+@pytest.fixture
+def no_local_weights(monkeypatch, tmp_path):
+    """No weights from this machine: no $SDANATOMY_WEIGHTS and an empty Hugging Face cache, so only
+    the files a test makes itself are read."""
+    for var in (sd15.ENV_VAR, "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))

@@ -23,15 +23,9 @@ import torch
 
 from sdanatomy import blocks, decoder, freedom, ledger, layers, models, receptive, sd15
 from sdanatomy.attention import multihead_attention, scaled_dot_product_attention
+from tiny_sd_folder import TINY_UNET, TINY_VAE, save_tiny_sd
 
 randn = torch.randn
-TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-                 norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), in_channels=4, out_channels=4,
-                 sample_size=16)
-TINY_VAE = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                sample_size=32)
 
 
 def conv_theta(C_out=4, C_in=3, k=3, dtype=torch.float32):
@@ -269,30 +263,14 @@ def test_identity_is_a_valid_function_to_measure():
 
 
 # ---------------------------------------------------------------- corrupt weight files
-TINY_CLIP = dict(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=16, hidden_act="quick_gelu", projection_dim=32,
-                 bos_token_id=0, eos_token_id=2, pad_token_id=1)
-
-
-@pytest.fixture(autouse=True)
-def no_weights_from_this_machine(monkeypatch, tmp_path):
-    """No $SDANATOMY_WEIGHTS and an empty Hugging Face cache: only the files each test makes are read."""
-    for var in (sd15.ENV_VAR, "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+pytestmark = pytest.mark.usefixtures("no_local_weights")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """A tiny SD-shaped diffusers folder (unet, vae, text_encoder), saved by the libraries themselves."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     root = tmp_path_factory.mktemp("tiny-sd")
-    torch.manual_seed(0)
-    UNet2DConditionModel(**TINY_UNET).save_pretrained(root / "unet", safe_serialization=True)
-    AutoencoderKL(**TINY_VAE).save_pretrained(root / "vae", safe_serialization=True)
-    CLIPTextModel(CLIPTextConfig(**TINY_CLIP)).save_pretrained(root / "text_encoder", safe_serialization=True)
+    save_tiny_sd(root)
     return root
 
 

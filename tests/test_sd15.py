@@ -20,20 +20,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdanatomy import offline, sd15
 
-TINY_UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-    norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), in_channels=4, out_channels=4, sample_size=16,
-)
-TINY_VAE = dict(
-    block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-)
-TINY_CLIP = dict(
-    vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=16, hidden_act="quick_gelu", projection_dim=32,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1,
-)
+from tiny_sd_folder import TINY_CLIP, TINY_UNET, TINY_VAE, save_tiny_sd
+
 TINY = {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_CLIP}
 BUILDERS = {"unet": sd15.build_unet, "vae": sd15.build_vae, "text_encoder": sd15.build_text_encoder}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -50,23 +38,14 @@ def no_network():
         offline.allow_network()
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """No weights from this machine: no $SDANATOMY_WEIGHTS, and an empty Hugging Face cache."""
-    for var in (sd15.ENV_VAR, "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+pytestmark = pytest.mark.usefixtures("no_local_weights")   # tests/conftest.py
 
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     """A tiny SD-shaped diffusers folder, saved by the libraries themselves; and its state dicts."""
     root = tmp_path_factory.mktemp("tiny-sd")
-    torch.manual_seed(0)
-    modules = {"unet": UNet2DConditionModel(**TINY_UNET), "vae": AutoencoderKL(**TINY_VAE),
-               "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_CLIP))}
-    for name, module in modules.items():
-        module.save_pretrained(root / name, safe_serialization=True)
+    modules = save_tiny_sd(root)
     return root, {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
 
 
