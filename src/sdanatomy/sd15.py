@@ -360,6 +360,25 @@ class SD15:
                 "generated images will be noise")
 
 
+def find_weights(weights=None, *, components=COMPONENTS) -> tuple[Path, str] | None:
+    """Where :func:`load` reads SD-1.5's weights from, (path, how), or None (architecture only).
+
+    Order: ``weights``, then ``$SDANATOMY_WEIGHTS``, then the local Hugging Face cache. Nothing is read;
+    a path that cannot hold weights raises WeightsError.
+    """
+    # 1. an explicit path, then the environment variable
+    if weights is not None:
+        return _weights_path(weights, "the weights argument")
+    if os.environ.get(ENV_VAR):
+        return _weights_path(os.environ[ENV_VAR], f"${ENV_VAR}")
+    # 2. the local Hugging Face cache
+    for repo_id in HF_REPO_IDS:
+        snapshot = _cached_snapshot(repo_id, components)
+        if snapshot is not None:
+            return snapshot, f"Hugging Face cache, {repo_id}"
+    return None
+
+
 def load(weights=None, *, components=COMPONENTS, device=None, dtype=torch.float32, seed=0,
          verbose=True) -> SD15:
     """SD-1.5's components, §5, from the first source found, never from the network.
@@ -372,21 +391,8 @@ def load(weights=None, *, components=COMPONENTS, device=None, dtype=torch.float3
     if unknown or not components:
         raise ValueError(f"components must be some of {COMPONENTS}; got {components!r}")
     device = _check_args(dtype, seed, device)
-
-    # 1. an explicit path, then the environment variable
-    found = None
-    if weights is not None:
-        found = _weights_path(weights, "the weights argument")
-    elif os.environ.get(ENV_VAR):
-        found = _weights_path(os.environ[ENV_VAR], f"${ENV_VAR}")
-    # 2. the local Hugging Face cache
-    if found is None:
-        for repo_id in HF_REPO_IDS:
-            snapshot = _cached_snapshot(repo_id, components)
-            if snapshot is not None:
-                found = snapshot, f"Hugging Face cache, {repo_id}"
-                break
-    # 3. read them, or build the architecture
+    found = find_weights(weights, components=components)
+    # read them, or build the architecture
     if found is not None:
         path, note = found
         read = _load_single_file if note == "single-file checkpoint" else _load_folder

@@ -174,7 +174,7 @@ def versions_table() -> Table:
 def weights_mode(components=None) -> tuple[str, str]:
     """(mode, where): what :func:`sdanatomy.sd15.load` would use, found without building or reading Θ.
 
-    The same lookup in the same order: ``$SDANATOMY_WEIGHTS``, then the local Hugging Face cache;
+    The same lookup, sd15.find_weights: ``$SDANATOMY_WEIGHTS``, then the local Hugging Face cache;
     without either, architecture only. A path that :func:`~sdanatomy.sd15.load` would refuse is
     reported as such (mode "error") rather than raised: the status must always render.
     """
@@ -182,16 +182,13 @@ def weights_mode(components=None) -> tuple[str, str]:
 
     components = sd15.COMPONENTS if components is None else tuple(components)
     try:
-        if os.environ.get(sd15.ENV_VAR):
-            path, note = sd15._weights_path(os.environ[sd15.ENV_VAR], f"${sd15.ENV_VAR}")
-            return sd15.REAL, f"{note} {path} (${sd15.ENV_VAR})"
-        for repo_id in sd15.HF_REPO_IDS:
-            snapshot = sd15._cached_snapshot(repo_id, components)
-            if snapshot is not None:
-                return sd15.REAL, f"Hugging Face cache, {repo_id}"
+        found = sd15.find_weights(components=components)
     except sd15.WeightsError as e:
         return "error", str(e)
-    return sd15.ARCHITECTURE, "no SD-1.5 weights on this machine: seeded random weights"
+    if found is None:
+        return sd15.ARCHITECTURE, "no SD-1.5 weights on this machine: seeded random weights"
+    path, note = found
+    return sd15.REAL, f"{note}: {path}"
 
 
 # ---------------------------------------------------------------- the ledger, counted
