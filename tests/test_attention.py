@@ -21,6 +21,9 @@ def test_softmax_with_temperature_is_eq_17():
     x = _rand(7)
     for tau in (0.25, 1.0, 3.0):
         literal = torch.exp(x / tau) / torch.exp(x / tau).sum()   # (17) as written
+        # float64, π < 1, the same x/τ on both sides: the shift by the max costs
+        # ≤ u·|z − m|·π ≤ u/e; exp, the 7-term sum and the division ~9u·π: ~1e-15 at
+        # worst, 3e-17 measured; rtol=0 so the bound is the stated one
         assert torch.allclose(A._softmax(x, tau=tau), literal, rtol=0, atol=1e-15)
 
 
@@ -44,7 +47,10 @@ def test_printed_sdpa_is_unscaled_attention():
     # (30) as printed = Softmax(QKᵀ)V: the temperature 1/√d undoes the division by √d.
     Q, K, V = _rand(4, 40, seed=1), _rand(6, 40, seed=2), _rand(6, 3, seed=3)
     unscaled = torch.softmax(Q @ K.T, -1) @ V
-    assert torch.allclose(A.scaled_dot_product_attention_printed(Q, K, V), unscaled, rtol=0, atol=1e-13)
+    # float64: ÷√d then ÷(1/√d) move the scores by ≤ 3u·|QKᵀ| (≤ 16), ≲ 100u relative
+    # in π after exp; π·V with |V| ≤ 2.3: ≲ 3e-14 at worst, 2e-16 measured; rtol=0
+    assert torch.allclose(A.scaled_dot_product_attention_printed(Q, K, V), unscaled,
+                          rtol=0, atol=1e-13)
     assert (A.scaled_dot_product_attention_printed(Q, K, V) - F.scaled_dot_product_attention(Q, K, V)).abs().max() > 0.1
 
 
@@ -126,11 +132,14 @@ def test_limit_parallel_antiparallel_and_ties():
     aligned = A.weights_along_ray(q, torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64), alphas)[:, 0]
     assert aligned[0] == 0.5 and (aligned.diff() >= 0).all() and aligned[-1] == 1.0
     anti = A.weights_along_ray(q, torch.tensor([[-1.0, 0.0], [0.0, 1.0], [0.0, -2.0]], dtype=F64), [1000.0])[0]
-    assert anti[0] < 1e-300 and torch.allclose(anti[1:], torch.tensor([0.5, 0.5], dtype=F64))
+    assert anti[0] < 1e-300
+    # exact: the tied scores are 0, exp(0) = 1, 1 + 1 + e^(−707) rounds to 2: ½ exactly
+    assert torch.allclose(anti[1:], torch.tensor([0.5, 0.5], dtype=F64), rtol=0, atol=0)
     tie = torch.tensor([[1.0, 0.0], [1.0, 5.0], [0.0, 1.0]], dtype=F64)
     assert torch.equal(A.hard_limit(q, tie), torch.tensor([0.5, 0.5, 0.0], dtype=F64))
     zero_q = A.hard_limit(torch.zeros(2, dtype=F64), tie)   # q = 0: every score 0, uniform for every α
-    assert torch.allclose(zero_q, torch.full((3,), 1 / 3, dtype=F64))
+    # exact: 1/3 in float64, one correctly rounded division on both sides
+    assert torch.allclose(zero_q, torch.full((3,), 1 / 3, dtype=F64), rtol=0, atol=0)
 
 
 def test_plot_hard_limit():
@@ -168,6 +177,8 @@ def test_no_bias_differs_by_exactly_the_bias():
     attn = A.sd15_attention(320, cross=False, dtype=F64)
     theta, X = dict(attn.state_dict()), _rand(1, 5, 320)
     diff = A.multihead_attention(theta, X) - A.multihead_attention_printed(theta, X, slips=(A.NO_OUTPUT_BIAS,))
+    # float64, the same Y on both sides: fl(fl(Y + b) − Y) is b within u·(|Y + b| + |b|)
+    # ≤ 0.55u ≈ 6e-17 here (|Y + b| ≤ 0.49, |b| ≤ 0.056): 1e-15 absolute, rtol=0
     assert torch.allclose(diff, theta["to_out.0.bias"].expand_as(diff), rtol=0, atol=1e-15)
 
 
@@ -180,7 +191,10 @@ def test_sd15_attention_table():
     rows = A.sd15_attention_table(64)
     assert len(rows) == 32 and sum(r["kind"] == "cross" for r in rows) == 16
     for r in rows:
-        assert r["heads"] == 8 and r["d"] * 8 == r["C"] and math.isclose(r["scale"], r["d"] ** -0.5)
+        assert r["heads"] == 8 and r["d"] * 8 == r["C"]
+        # diffusers' scale is dim_head ** -0.5, the same float64 expression: within a
+        # rounding, so 1e-15 relative (u = 1.1e-16); abs_tol=0, scale ≥ 0.079 is not ≈ 0
+        assert math.isclose(r["scale"], r["d"] ** -0.5, rel_tol=1e-15, abs_tol=0)
         assert not r["qkv_bias"] and r["out_bias"]
         assert r["to_q"] == (r["C"], r["C"]) and r["to_out"] == (r["C"], r["C"])
         assert r["to_k"] == r["to_v"] == (r["C"], 768 if r["kind"] == "cross" else r["C"])

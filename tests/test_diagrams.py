@@ -34,17 +34,27 @@ def test_figure4_is_figure3_transposed():
 
 def test_1d_layers_match_torch_and_diffusers():
     theta, x6, x3 = {"weight": randn(2)}, randn(6, seed=1), randn(3, seed=2)
-    assert torch.allclose(diagrams.downsample_1d(theta, x6), F.conv1d(x6[None, None], theta["weight"][None, None], stride=2)[0, 0])
+    # float64: each output a sum of ≤ 3 products with Σ|terms| < 1.3 here, so two
+    # summation orders differ by ≤ 2·2·u·1.3 ≈ 6e-16 (u = 2⁻⁵³); rtol=0: this bound
+    w = theta["weight"][None, None]
+    assert torch.allclose(diagrams.downsample_1d(theta, x6),
+                          F.conv1d(x6[None, None], w, stride=2)[0, 0],
+                          rtol=0, atol=1e-15)         # 2 products a sum: ≤ 6e-16, above
     assert torch.allclose(diagrams.upsample_1d_transposed(theta, x3, n_out=6),
-                          F.conv_transpose1d(x3[None, None], theta["weight"][None, None], stride=2)[0, 0])
+                          F.conv_transpose1d(x3[None, None], w, stride=2)[0, 0],
+                          rtol=0, atol=1e-15)         # 1 product a sum: ≤ 6e-16, above
     # SD-1.5's kind, and diffusers' own 1-D classes of the figures' names
     down, up = Downsample1D(1, use_conv=True, padding=1).double(), Upsample1D(1, use_conv=True).double()
     w3 = {"weight": randn(3, seed=3)}
     with torch.no_grad():
         down.conv.weight.copy_(w3["weight"].reshape(1, 1, 3)); down.conv.bias.zero_()
         up.conv.weight.copy_(w3["weight"].reshape(1, 1, 3)); up.conv.bias.zero_()
-        assert torch.allclose(diagrams.downsample_1d(w3, x6, padding=1), down(x6[None, None])[0, 0])
-        assert torch.allclose(diagrams.upsample_1d_nearest_conv(w3, x3), up(x3[None, None])[0, 0])
+        assert torch.allclose(diagrams.downsample_1d(w3, x6, padding=1),
+                              down(x6[None, None])[0, 0],
+                              rtol=0, atol=1e-15)     # 3 products a sum: ≤ 6e-16, above
+        assert torch.allclose(diagrams.upsample_1d_nearest_conv(w3, x3),
+                              up(x3[None, None])[0, 0],
+                              rtol=0, atol=1e-15)     # 3 products a sum: ≤ 6e-16, above
 
 
 def test_sd15_upsample_pattern_is_the_tied_transposed_kernel():
@@ -61,7 +71,9 @@ def test_pattern_is_exact_for_a_bilinear_layer():
     layer, n_in, n_w, _ = diagrams.FIGURES["fig4_sd15_upsample1d"]
     A, theta = pattern("fig4_sd15_upsample1d"), randn(3, seed=4)
     J = torch.autograd.functional.jacobian(lambda x: layer({"weight": theta}, x), torch.zeros(n_in, dtype=torch.float64))
-    assert torch.allclose(J, torch.einsum("u,umi->mi", theta, A))
+    # float64, each entry a sum of ≤ 2 weights (|θ| < 2.3): one rounding a side,
+    # ≤ 2u·2.5 ≈ 6e-16; 1e-15 absolute, rtol=0
+    assert torch.allclose(J, torch.einsum("u,umi->mi", theta, A), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", list(diagrams.FIGURES))

@@ -11,8 +11,14 @@ S = freedom.Schedule.scaled_linear()
 
 def test_schedules_have_the_published_endpoints():
     lin = freedom.Schedule.linear()
-    assert lin.T == 1000 and math.isclose(lin.betas[0].item(), 1e-4) and math.isclose(lin.betas[-1].item(), 0.02)
-    assert math.isclose(S.betas[0].item(), 0.00085) and math.isclose(S.betas[-1].item(), 0.012)
+    assert lin.T == 1000
+    # float64: linspace's ends are β_start, β_end within a few roundings, and
+    # scaled_linear's (√β)² adds two: a few u = 1.1e-16 relative, so 1e-15;
+    # abs_tol=0, every β > 0
+    assert math.isclose(lin.betas[0].item(), 1e-4, rel_tol=1e-15, abs_tol=0)   # linsp.
+    assert math.isclose(lin.betas[-1].item(), 0.02, rel_tol=1e-15, abs_tol=0)  # linsp.
+    assert math.isclose(S.betas[0].item(), 0.00085, rel_tol=1e-15, abs_tol=0)  # (√β)²
+    assert math.isclose(S.betas[-1].item(), 0.012, rel_tol=1e-15, abs_tol=0)   # (√β)²
 
 
 def test_q_sample_has_the_closed_form_moments():
@@ -63,6 +69,8 @@ def test_ddim_with_eta_one_matches_the_ddpm_variance():
     for t in (49, 10, 1):
         ddim = freedom.ddim_step(small, eps, t, t - 1, x, eta=1.0, noise=z)
         ddpm = freedom.ddpm_step(small, eps, t, x, z)
+        # float64: β_t = 1 − ᾱ_t/ᾱ_{t−1} cancels (β_1 = 5e-4: u/β_1 ≈ 2e-13 relative),
+        # times |x| ≤ 4: a few 1e-13 (3e-13 at most over 200 draws); 1e-12, rtol=0
         assert torch.allclose(ddim, ddpm, atol=1e-12, rtol=0)
 
 

@@ -62,7 +62,10 @@ def test_conv2d_takes_the_lectures_unbatched_tensor_and_no_bias():
     X, theta = randn(2, 5, 6), conv_theta(3, 2, 3, 3, torch.float64)
     assert torch.equal(layers.conv2d(theta, X, padding=1), layers.conv2d(theta, X[None], padding=1)[0])
     ref = F.conv2d(X[None], theta["weight"], padding=1)[0]
-    assert torch.allclose(layers.conv2d({"weight": theta["weight"]}, X, padding=1, bias=False), ref, atol=1e-13)
+    ours = layers.conv2d({"weight": theta["weight"]}, X, padding=1, bias=False)
+    # float64, 18-term sums with Σ|terms| ≤ 24: two orders differ by ≤ 2·17·u·24
+    # ≈ 9e-14; rtol=0
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("s, p", [(1, 1), (2, 1), (2, 0)])
@@ -72,7 +75,8 @@ def test_as_printed_is_the_correct_conv_shifted_by_one_window(s, p):
     printed = layers.conv2d_as_printed(theta, X, stride=s, padding=p)
     correct = layers.conv2d(theta, X, stride=s, padding=p)
     assert printed.shape == correct.shape
-    assert torch.allclose(printed[:, :-1, :-1], correct[:, 1:, 1:], atol=1e-13)
+    # float64, 19-term sums (with bias), Σ|terms| ≤ 17: ≤ 2·18·u·17 ≈ 7e-14; rtol=0
+    assert torch.allclose(printed[:, :-1, :-1], correct[:, 1:, 1:], rtol=0, atol=1e-13)
     assert (printed - correct).abs().max() > 0.1
 
 
@@ -88,10 +92,14 @@ def test_cross_correlation_is_convolution_with_the_flipped_kernel():
     scipy_signal = pytest.importorskip("scipy.signal")
     X, Wk = randn(1, 7, 9), randn(1, 1, 3, 3, seed=1)
     Y = layers.conv2d({"weight": Wk}, X, bias=False)[0]
-    assert torch.allclose(Y, torch.from_numpy(scipy_signal.convolve2d(X[0].numpy(), Wk[0, 0].flip(-2, -1).numpy(),
-                                                                      mode="valid")), atol=1e-13)
-    assert torch.allclose(Y, torch.from_numpy(scipy_signal.correlate2d(X[0].numpy(), Wk[0, 0].numpy(), mode="valid")),
-                          atol=1e-13)
+    x, w = X[0].numpy(), Wk[0, 0].numpy()
+    convolved = scipy_signal.convolve2d(x, Wk[0, 0].flip(-2, -1).numpy(), mode="valid")
+    # float64, 9-term sums with Σ|terms| ≤ 8.8: two orders differ by ≤ 2·8·u·8.8
+    # ≈ 1.6e-14; rtol=0
+    assert torch.allclose(Y, torch.from_numpy(convolved), rtol=0, atol=1e-13)
+    correlated = scipy_signal.correlate2d(x, w, mode="valid")
+    assert torch.allclose(Y, torch.from_numpy(correlated),
+                          rtol=0, atol=1e-13)         # the same 9-term sums: ≤ 1.6e-14
 
 
 # --- 6.2 Linear, 6.3 SiLU, Softmax ----------------------------------------------------------
@@ -123,7 +131,10 @@ def test_softmax_matches_torch(tau, dtype):
 def test_softmax_literal_overflows_where_the_shifted_form_does_not():
     x = torch.tensor([100.0, 0.0, -100.0])                  # float32: exp(100) = inf
     assert torch.isnan(layers.softmax_literal(x)).any()
-    assert torch.allclose(layers.softmax(x), torch.softmax(x, -1))
+    # float32: the sum rounds to 1, the entries are exp(0) = 1, e⁻¹⁰⁰ (subnormal), 0:
+    # equal up to the rounding of a value ≤ 1, u = 2⁻²⁴; rtol=0 (e⁻¹⁰⁰ is subnormal)
+    assert torch.allclose(layers.softmax(x), torch.softmax(x, -1),
+                          rtol=0, atol=2.0 ** -24)
 
 
 # --- 6.4 GroupNorm ---------------------------------------------------------------------------
@@ -149,9 +160,16 @@ def test_groups_are_contiguous_channels_not_strided():
     X = randn(1, C, 3, 3) * torch.arange(1.0, C + 1, dtype=torch.float64)[:, None, None]
     theta = {"weight": torch.ones(C, dtype=torch.float64), "bias": torch.zeros(C, dtype=torch.float64)}
     ref = F.group_norm(X, G, eps=1e-5)
-    assert torch.allclose(layers.group_norm(theta, X, groups=G), ref, atol=1e-13)
+    # float64, 36-term group sums: μ, σ carry ≲ 2·36·u·|x|/σ (|x|/σ ≤ 2.9) and x̂ as
+    # much again, ≲ 5e-14 at worst (2e-16 measured); rtol=0
+    assert torch.allclose(layers.group_norm(theta, X, groups=G), ref,
+                          rtol=0, atol=1e-13)
     strided = X[:, torch.arange(C).reshape(C // G, G).T.reshape(-1)]  # channels 0,2,4,6 | 1,3,5,7
-    assert not torch.allclose(F.group_norm(strided, G, eps=1e-5), ref[:, torch.arange(C).reshape(C // G, G).T.reshape(-1)])
+    # the wrong grouping moves some x̂ (|x̂| ≤ 2.9) by far more than rounding: > 0.1
+    # (1.7 here); rtol=0
+    assert not torch.allclose(F.group_norm(strided, G, eps=1e-5),
+                              ref[:, torch.arange(C).reshape(C // G, G).T.reshape(-1)],
+                              rtol=0, atol=0.1)
 
 
 def test_sd15_group_norm_eps_at_every_site():
@@ -211,14 +229,20 @@ def test_interpolate_nearest_to_any_size_is_torchs_rule(n_in, n_out):
 def test_pooling_and_interpolation_match_torch(H, W, dtype):
     X = randn(2, 3, H, W, dtype=dtype)
     assert torch.equal(layers.downsample_2d_nearest(X), F.interpolate(X, scale_factor=0.5, mode="nearest"))
-    assert torch.allclose(layers.downsample_2d_average(X), F.avg_pool2d(X, 2), rtol=0, atol=8 * U[dtype] * 4)
+    # ¼ of a 4-term sum in two orders: ≤ 2·3·u·mean|x| ≤ 13u here; 32u = 8u·4
+    # (|x| ≤ 4.1); rtol=0
+    assert torch.allclose(layers.downsample_2d_average(X), F.avg_pool2d(X, 2),
+                          rtol=0, atol=8 * U[dtype] * 4)
     assert torch.equal(layers.interpolate_nearest(X), F.interpolate(X, scale_factor=2, mode="nearest"))
 
 
 def test_average_pooling_is_diffusers_downsample_without_conv():
     module = Downsample2D(3, use_conv=False).double()
     X = randn(1, 3, 6, 6)
-    assert torch.allclose(layers.downsample_2d_average(X), module(X), atol=1e-15)
+    # float64, ¼ of a 4-term sum in two orders: ≤ 2·3·u·max mean|x| = 6u·1.45
+    # ≈ 9.7e-16; rtol=0
+    assert torch.allclose(layers.downsample_2d_average(X), module(X),
+                          rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -228,7 +252,9 @@ def test_upsample_is_a_tied_stride_2_transposed_convolution(dtype):
     X = randn(2, 5, 4, 7, dtype=dtype)
     K = layers.upsample_2d_transposed_kernel(module.conv.weight.detach())
     Y = F.conv_transpose2d(X, K, module.conv.bias.detach(), stride=2, padding=1)
-    assert torch.allclose(Y, module(X), atol=1e3 * U[dtype])
+    # 45-term sums (5 channels × 9 taps, taps pre-summed in K) in another order,
+    # Σ|terms| ≤ 4.8: ≤ 2·45·u·4.8 ≈ 430u; 1e3·u absolute, rtol=0
+    assert torch.allclose(Y, module(X), rtol=0, atol=1e3 * U[dtype])
 
 
 # --- 6.6 flatten, unflatten, Concat ---------------------------------------------------------
@@ -250,8 +276,13 @@ def test_sd15_frequencies_exactly():
     omega = embeddings.frequencies(160)
     assert omega[0] == 1.0                                                   # ω_0 = 1
     beta = omega[1].item()
-    assert math.isclose(beta, 10000 ** (-1 / 160), rel_tol=1e-15)            # β = 10000^(−1/160)
-    assert math.isclose(omega[-1].item(), 10000 ** (-159 / 160), rel_tol=1e-13)
+    # β = 10000^(−1/160): the same float64 expression, and β¹ is exact: 1e-15
+    # relative; abs_tol=0 (β ≈ 0.94)
+    assert math.isclose(beta, 10000 ** (-1 / 160), rel_tol=1e-15, abs_tol=0)
+    # β^159 carries 159 times β's rounding, ~170u ≈ 2e-14 relative: 1e-13;
+    # abs_tol=0 (ω ≈ 1.06e-4)
+    assert math.isclose(omega[-1].item(), 10000 ** (-159 / 160),
+                        rel_tol=1e-13, abs_tol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -296,7 +327,10 @@ def test_conv1x1_is_a_linear_layer_at_every_pixel():
     theta = conv_theta(3, 5, 1, 1, torch.float64)
     X = randn(2, 5, 4, 6)
     per_pixel = layers.linear({"weight": theta["weight"][:, :, 0, 0], "bias": theta["bias"]}, notation.flatten(X))
-    assert torch.allclose(layers.conv1x1(theta, X), notation.unflatten(per_pixel, 4, 6), atol=1e-14)
+    # float64, 6-term sums (5 products and the bias), Σ|terms| ≤ 5.9: ≤ 2·5·u·5.9
+    # ≈ 6.5e-15; rtol=0
+    assert torch.allclose(layers.conv1x1(theta, X), notation.unflatten(per_pixel, 4, 6),
+                          rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
