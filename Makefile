@@ -21,7 +21,7 @@ book: install
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
 test: test-start install pytest nbval book-strict browser
-	@$(BIN)/python -m sdanatomy.status finish-make-test
+	@$(BIN)/python -m sdanatomy.pages.status finish-make-test
 	@echo "make test: unit tests, notebooks (nbval), the strict book build and the browser test all passed."
 
 # make test's start, for its total time (shown by the status appendix and bench/run.py).

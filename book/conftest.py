@@ -3,7 +3,7 @@
 The numbers go to _build/status/notebooks.json (sdanatomy.status), which the status appendix
 shows; the notebooks' own outputs never depend on them.
 """
-from sdanatomy import status
+from sdanatomy.pages import status
 
 
 def pytest_configure(config):

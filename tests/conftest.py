@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from sdanatomy import offline, sd15
+from sdanatomy import offline
+from sdanatomy import sd15
 
 # Subprocesses (notebook kernels started by nbval) inherit this and arm the guard on import.
 os.environ[offline.ENV_VAR] = "1"

@@ -6,7 +6,11 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from sdanatomy import architecture, architecture_sizes as sizes, diagrams, sd15
+from sdanatomy.pages import architecture
+from sdanatomy.pages import architecture_sizes
+from sdanatomy.pages import diagrams
+from sdanatomy.lecture import config
+from sdanatomy import sd15
 
 # ---------------------------------------------------------------- figures 1–2 (torchview)
 FIG1_BLOCKS = ["TimestepEmbedding", "Conv2d"] + ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D",
@@ -112,7 +116,7 @@ def test_formulas_follow_the_configuration():
     assert architecture.parameter_table("vae", miniature.VAE_CONFIG).all_equal
     assert architecture.parameter_table("unet", miniature.UNET_CONFIG).published is None
     with pytest.raises(ValueError, match="unsupported"):
-        architecture.unet_parts({**sd15.UNET_CONFIG, "transformer_layers_per_block": 2})
+        architecture.unet_parts({**config.UNET_CONFIG, "transformer_layers_per_block": 2})
     with pytest.raises(ValueError, match="component"):
         architecture.parameter_table("text_encoder")
 
@@ -149,41 +153,41 @@ def test_table_renders_as_text_and_escaped_html():
 # ---------------------------------------------------------------- §5.5 and Remark 5.2: sizes
 @pytest.fixture(scope="module")
 def latent_table():
-    return sizes.latent_size_table()
+    return architecture_sizes.latent_size_table()
 
 
 def test_unet_returns_the_latent_size_and_decoder_eight_times(latent_table):
-    for (H, W), row in zip(sizes.LATENT_SIZES, latent_table.rows):
+    for (H, W), row in zip(architecture_sizes.LATENT_SIZES, latent_table.rows):
         assert row[2] == f"4×{H}×{W}"                                      # U-Net: output = input size
         assert row[3] == f"3×{8 * H}×{8 * W}"                              # decoder: ×8 in each direction
-        levels = list(zip(sizes.unet_levels(H), sizes.unet_levels(W)))    # ⌈·/2⌉ per level, by (14)
+        levels = list(zip(architecture_sizes.unet_levels(H), architecture_sizes.unet_levels(W)))    # ⌈·/2⌉ per level, by (14)
         assert row[1] == " → ".join(f"{h}×{w}" for h, w in levels)
 
 
 def test_skip_sizes_are_needed_exactly_when_8_does_not_divide(latent_table):
-    for (H, W), row in zip(sizes.LATENT_SIZES, latent_table.rows):
+    for (H, W), row in zip(architecture_sizes.LATENT_SIZES, latent_table.rows):
         divisible = H % 8 == 0 and W % 8 == 0
         assert (row[4] == "yes") == divisible
         assert (row[5] == "same output size") == divisible
         if not divisible:
             # Upsampling level ℓ+1 gives 2⌈H_ℓ/2⌉ rows, ≠ H_ℓ iff H_ℓ is odd; the first mismatch met on
             # the way up is at the deepest odd level ℓ ∈ {2, 1, 0}, concatenated in up_blocks.(3 − ℓ).
-            odd = [lv for lv in (2, 1, 0) if sizes.unet_levels(H)[lv] % 2 or sizes.unet_levels(W)[lv] % 2]
+            odd = [lv for lv in (2, 1, 0) if architecture_sizes.unet_levels(H)[lv] % 2 or architecture_sizes.unet_levels(W)[lv] % 2]
             assert row[5].startswith(f"fails in up_blocks.{3 - odd[0]}: upsampled map has ")
 
 
 def test_unet_levels_are_ceil_halves():
-    assert sizes.unet_levels(65) == [65, 33, 17, 9] and sizes.unet_levels(1) == [1, 1, 1, 1]
+    assert architecture_sizes.unet_levels(65) == [65, 33, 17, 9] and architecture_sizes.unet_levels(1) == [1, 1, 1, 1]
 
 
 def test_encoder_floors_and_loses_rows():
-    rows = {r[0]: r for r in sizes.image_size_table().rows}
+    rows = {r[0]: r for r in architecture_sizes.image_size_table().rows}
     assert rows["3×513×513"][1:] == ["4×64×64", "3×512×512", "no"]
     assert rows["3×520×520"][1:] == ["4×65×65", "3×520×520", "yes"]
 
 
 def test_interface_fixes_channels_and_context_width_not_tokens():
-    rows = sizes.interface_table().rows
+    rows = architecture_sizes.interface_table().rows
     assert [r[2] for r in rows] == ["yes", "no", "no", "no", "yes", "yes", "yes", "no", "no"]
     assert [r[3] for r in rows if r[2] == "no"] == ["conv_in"] * 2 + [
         "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] + ["post_quant_conv"] * 2
@@ -201,31 +205,31 @@ PAPER_SIZES = [572, 570, 568, 284, 282, 280, 140, 138, 136, 68, 66, 64, 32, 30, 
 
 
 def test_unet2015_sizes_are_the_papers():
-    stages = sizes.unet2015_sizes(572)
+    stages = architecture_sizes.unet2015_sizes(572)
     ours = [H for _, _, H in stages]
     # the paper lists both convs of a level; ours lists the level after both: its sizes skip the middle one
     expected = [572] + [h for i, h in enumerate(PAPER_SIZES[1:], start=1) if i % 3 != 1]
     assert [h for name, _, h in stages if not name.startswith(("crop", "conv 1×1"))] == expected
     assert ours[-1] == 388 and stages[-1][:2] == ("conv 1×1", 2)
     with pytest.raises(ValueError, match="even"):
-        sizes.unet2015_sizes(574)                                   # 570 → 285 would be pooled
-    assert {H for H, _ in sizes.unet2015_tiles(600)} == {16 * n + 60 for n in range(8, 34)}
+        architecture_sizes.unet2015_sizes(574)                                   # 570 → 285 would be pooled
+    assert {H for H, _ in architecture_sizes.unet2015_tiles(600)} == {16 * n + 60 for n in range(8, 34)}
 
 
 def test_unet2015_module_matches_sizes_and_formula():
     with torch.device("meta"):
-        net = sizes.UNet2015()
+        net = architecture_sizes.UNet2015()
     assert net(torch.empty(1, 1, 572, 572, device="meta")).shape == (1, 2, 388, 388)
-    assert sd15.count_parameters(net) == sizes.unet2015_params() == 31_030_658
+    assert sd15.count_parameters(net) == architecture_sizes.unet2015_params() == 31_030_658
     # a small one, with values: every tile the size rule accepts runs, and gives the predicted size
     small = dict(widths=(4, 8, 16), in_channels=1, classes=2)
     torch.manual_seed(0)
-    net = sizes.UNet2015(**small)
-    assert sd15.count_parameters(net) == sizes.unet2015_params(**small)
+    net = architecture_sizes.UNet2015(**small)
+    assert sd15.count_parameters(net) == architecture_sizes.unet2015_params(**small)
     tiles = []
     for H in range(20, 80):
         try:
-            tiles.append((H, sizes.unet2015_sizes(H, **small)[-1][2]))
+            tiles.append((H, architecture_sizes.unet2015_sizes(H, **small)[-1][2]))
         except ValueError:
             pass
     assert [H for H, _ in tiles[:3]] == [44, 48, 52]                      # 4n + 28 for two poolings
@@ -235,7 +239,7 @@ def test_unet2015_module_matches_sizes_and_formula():
 
 
 def test_comparison_table_numbers():
-    rows = {r[0]: r for r in sizes.comparison_table().rows}
+    rows = {r[0]: r for r in architecture_sizes.comparison_table().rows}
     assert rows["parameters"][1].startswith("31,030,658") and rows["parameters"][2] == "859,520,964"
     assert "388×388" in rows["sizes"][1] and "65×47 → 65×47" in rows["sizes"][2]
     assert rows["skip connections"][1].startswith("4") and rows["skip connections"][2].startswith("12")

@@ -21,8 +21,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdanatomy import blocks, decoder, freedom, ledger, layers, models, receptive, sd15
-from sdanatomy.attention import multihead_attention, scaled_dot_product_attention
+from sdanatomy.lecture import blocks
+from sdanatomy.lecture import vae_decoder
+from sdanatomy.lecture import diffusion
+from sdanatomy import ledger
+from sdanatomy.ledger import registry
+from sdanatomy.lecture import embeddings
+from sdanatomy.lecture import layers
+from sdanatomy.lecture import unet
+from sdanatomy.lecture import receptive
+from sdanatomy import sd15
+from sdanatomy.lecture.attention import multihead_attention, scaled_dot_product_attention
 from tiny_sd_folder import TINY_UNET, TINY_VAE, save_tiny_sd
 
 randn = torch.randn
@@ -41,23 +50,23 @@ def _theta(shapes: dict) -> dict:
     return {k: 0.1 * torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
-UNET_THETA = _theta(models.theta_shapes(TINY_UNET))
-VAE_THETA = _theta(decoder.theta_shapes(TINY_VAE))
+UNET_THETA = _theta(unet.theta_shapes(TINY_UNET))
+VAE_THETA = _theta(vae_decoder.theta_shapes(TINY_VAE))
 RESNET_THETA = {k.removeprefix("down_blocks.1.resnets.0."): v for k, v in UNET_THETA.items()
                 if k.startswith("down_blocks.1.resnets.0.")}          # 32 -> 64 channels, d_t = 128
 Z, CTX = randn(1, 4, 8, 8), randn(1, 5, 32)
-SCHEDULE = freedom.Schedule.linear()
+SCHEDULE = diffusion.Schedule.linear()
 
 
 def _tiny_unet(theta=UNET_THETA, z=Z, t=10, c=CTX):
-    return models.unet(theta, z, t, c, config=TINY_UNET)
+    return unet.unet(theta, z, t, c, config=TINY_UNET)
 
 
 def _entry(**changes):
     kwargs = dict(name="(0) test row", section="2", formula="x", reference="y",
                   measure=lambda seed=0, dtype=torch.float64: 0.0, tol=0.0, why_tol="exact")
     kwargs.update(changes)
-    return ledger.Entry(**kwargs)
+    return registry.Entry(**kwargs)
 
 
 def xfail(reason):
@@ -130,9 +139,9 @@ CASES = [
                  (TypeError, ValueError), r"device"),
     ("conv1x1: a 3×3 kernel", lambda: layers.conv1x1(conv_theta(), randn(1, 3, 8, 8)),
      ValueError, r"1×1 kernel"),
-    ("sinusoidal_embedding: R = 0", lambda: layers.sinusoidal_embedding(torch.tensor([1]), R=0),
+    ("sinusoidal_embedding: R = 0", lambda: embeddings.sinusoidal_embedding(torch.tensor([1]), R=0),
      ValueError, r"R ≥ 1"),
-    ("sinusoidal_embedding: t is a string", lambda: layers.sinusoidal_embedding("10"),
+    ("sinusoidal_embedding: t is a string", lambda: embeddings.sinusoidal_embedding("10"),
      TypeError, r"takes t ∈ R"),
     ("scaled_dot_product_attention: K and V of different M", lambda: scaled_dot_product_attention(
         randn(2, 4, 8), randn(2, 5, 8), randn(2, 6, 8)),
@@ -167,33 +176,33 @@ CASES = [
      ValueError, r"t must be a scalar, shape \(1,\) or shape \(B,\)"),
     pytest.param("unet: z on meta, Θ on cpu", lambda: _tiny_unet(z=Z.to("meta")),
                  (TypeError, ValueError), r"device"),
-    ("vae_decoder: a 3-channel latent", lambda: decoder.vae_decoder(VAE_THETA, randn(1, 3, 8, 8), config=TINY_VAE),
+    ("vae_decoder: a 3-channel latent", lambda: vae_decoder.vae_decoder(VAE_THETA, randn(1, 3, 8, 8), config=TINY_VAE),
      ValueError, r"latent Z of shape \(B, 4, H, W\)"),
-    ("vae_decoder: Θ lacks conv_out", lambda: decoder.vae_decoder(
+    ("vae_decoder: Θ lacks conv_out", lambda: vae_decoder.vae_decoder(
         {k: v for k, v in VAE_THETA.items() if "conv_out" not in k}, Z, config=TINY_VAE),
      ValueError, r"missing 'decoder\.conv_out\.weight'"),
-    ("vae_decoder: z on meta, Θ on cpu", lambda: decoder.vae_decoder(VAE_THETA, Z.to("meta"), config=TINY_VAE),
+    ("vae_decoder: z on meta, Θ on cpu", lambda: vae_decoder.vae_decoder(VAE_THETA, Z.to("meta"), config=TINY_VAE),
      ValueError, r"on cpu but the input is .* on meta"),
     # --- freedom (§3) -------------------------------------------------------------------------
-    ("Schedule: β = 1", lambda: freedom.Schedule(torch.tensor([0.5, 1.0])),
+    ("Schedule: β = 1", lambda: diffusion.Schedule(torch.tensor([0.5, 1.0])),
      ValueError, r"every beta must lie in \(0, 1\)"),
-    ("Schedule: a Python list", lambda: freedom.Schedule([0.1, 0.2]),
+    ("Schedule: a Python list", lambda: diffusion.Schedule([0.1, 0.2]),
      ValueError, r"non-empty vector of betas"),
     ("check_t: a float timestep", lambda: SCHEDULE.check_t(torch.tensor([1.5])),
      TypeError, r"timesteps are integers"),
     ("check_t: t = T", lambda: SCHEDULE.check_t(1000),
      ValueError, r"T = 1000"),
-    ("q_sample: 3 timesteps for 2 examples", lambda: freedom.q_sample(SCHEDULE, randn(2, 3), torch.tensor([1, 2, 3]),
+    ("q_sample: 3 timesteps for 2 examples", lambda: diffusion.q_sample(SCHEDULE, randn(2, 3), torch.tensor([1, 2, 3]),
                                                                       randn(2, 3)),
      ValueError, r"one timestep per example"),
-    ("ddim_timesteps: 0 steps", lambda: freedom.ddim_timesteps(SCHEDULE, 0),
+    ("ddim_timesteps: 0 steps", lambda: diffusion.ddim_timesteps(SCHEDULE, 0),
      ValueError, r"num_steps must lie in 1…1000"),
-    ("reparameterize: σ = 0", lambda: freedom.reparameterize(randn(3), torch.zeros(3), randn(3)),
+    ("reparameterize: σ = 0", lambda: diffusion.reparameterize(randn(3), torch.zeros(3), randn(3)),
      ValueError, r"σ\(X\) must be positive"),
-    ("noise_estimation_loss: ε̂ of the wrong shape", lambda: freedom.noise_estimation_loss(
+    ("noise_estimation_loss: ε̂ of the wrong shape", lambda: diffusion.noise_estimation_loss(
         lambda x, t, c: x[:, :1], randn(4, 3), schedule=SCHEDULE),
      ValueError, r"shape of its input"),
-    ("train_noise_estimator: cond_dropout without null_cond", lambda: freedom.train_noise_estimator(
+    ("train_noise_estimator: cond_dropout without null_cond", lambda: diffusion.train_noise_estimator(
         torch.nn.Linear(3, 3), randn(4, 3), randn(4, 1), schedule=SCHEDULE, steps=1, cond_dropout=0.1),
      ValueError, r"null_cond"),
     # --- receptive (§7) -----------------------------------------------------------------------

@@ -9,9 +9,10 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
 
-from sdanatomy import blocks
-from sdanatomy.blocks_ledger import NARROW_CONFIG, _materialise, _up_inputs, narrow_unet
-from sdanatomy.layers import sub
+from sdanatomy.lecture import blocks
+from sdanatomy.sd15.reference import NARROW_UNET_CONFIG, materialise_flat, narrow_unet
+from sdanatomy.ledger.blocks import _up_inputs
+from sdanatomy.lecture.layers import sub
 
 F64 = torch.float64
 TOL = 1e-12   # float64, sums of ≤ 6·10³ products in another order than torch: ≲ 7e-13 of the output scale
@@ -42,7 +43,7 @@ def theta(u):
 def _resnet(C_in, C_out, d_t=128, eps=1e-5, seed=0):
     with torch.device("meta"):
         m = ResnetBlock2D(in_channels=C_in, out_channels=C_out, temb_channels=d_t, groups=32, eps=eps)
-    return _materialise(m, seed, F64)
+    return materialise_flat(m, seed, F64)
 
 
 # --- ResnetBlock2D -------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def _printed_up_theta(C_x=64, C_s=32, C_out=32, d_t=128):
             parts[f"attentions.{r}"] = Transformer2DModel(8, C_out // 8, in_channels=C_out, cross_attention_dim=768)
     theta = {}
     for seed, (prefix, m) in enumerate(parts.items()):
-        theta |= {f"{prefix}.{k}": v for k, v in _theta(_materialise(m, seed, F64)).items()}
+        theta |= {f"{prefix}.{k}": v for k, v in _theta(materialise_flat(m, seed, F64)).items()}
     return theta
 
 
@@ -260,6 +261,6 @@ def test_unknown_slips_are_rejected():
 
 def test_narrow_reference_keeps_sd15_settings():
     # The ledger's narrow U-Net: SD-1.5's configuration in every field but the widths.
-    from sdanatomy import sd15
-    assert {k: v for k, v in NARROW_CONFIG.items() if k != "block_out_channels"} == \
-        {k: v for k, v in sd15.UNET_CONFIG.items() if k != "block_out_channels"}
+    from sdanatomy.lecture import config
+    assert {k: v for k, v in NARROW_UNET_CONFIG.items() if k != "block_out_channels"} == \
+        {k: v for k, v in config.UNET_CONFIG.items() if k != "block_out_channels"}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers.models.downsampling import Downsample1D
 from diffusers.models.upsampling import Upsample1D
 
-from sdanatomy import diagrams
+from sdanatomy.pages import diagrams
 
 
 def randn(*shape, seed=0):
@@ -113,7 +113,7 @@ def test_unknown_figure():
 
 
 def test_timestep_heatmap_draws():
-    from sdanatomy import embeddings
+    from sdanatomy.lecture import embeddings
     t = torch.arange(0, 1000, 10)
     fig = diagrams.timestep_heatmap(embeddings.sinusoidal_embedding(t), t)
     assert len(fig.axes) == 2                                      # the map and its colour bar

@@ -1,5 +1,6 @@
 """The errata table of §6.9–6.11 and §8: every entry backed by a ledger pair, every disagreement listed."""
-from sdanatomy import errata, ledger
+from sdanatomy.ledger import errata
+from sdanatomy import ledger
 
 SECTIONS = ("6.9", "6.10", "6.11", "8.1", "8.2")
 

@@ -12,9 +12,11 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.upsampling import Upsample2D
 
-from sdanatomy import embeddings, layers, notation
-from sdanatomy.layers_ledger import reference, sd15_meta
-from sdanatomy.sizes import stack_predicted_size
+from sdanatomy.lecture import embeddings
+from sdanatomy.lecture import layers
+from sdanatomy.lecture import notation
+from sdanatomy.sd15.reference import reference, meta
+from sdanatomy.ledger.sizes import stack_predicted_size
 
 DTYPES = [torch.float64, torch.float32]
 U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24}
@@ -174,7 +176,7 @@ def test_groups_are_contiguous_channels_not_strided():
 
 def test_sd15_group_norm_eps_at_every_site():
     # The constants in sdanatomy.layers, against every GroupNorm diffusers builds for SD-1.5.
-    unet, vae = sd15_meta()
+    unet, vae = meta("unet"), meta("vae")
     for name, m in unet.named_modules():
         if isinstance(m, torch.nn.GroupNorm):
             parent = type(unet.get_submodule(name.rpartition(".")[0])).__name__
@@ -260,7 +262,7 @@ def test_upsample_is_a_tied_stride_2_transposed_convolution(dtype):
 # --- 6.6 flatten, unflatten, Concat ---------------------------------------------------------
 
 def test_flatten_and_unflatten_are_notations():
-    assert layers.flatten is notation.flatten and layers.unflatten is notation.unflatten
+    assert notation.flatten is notation.flatten and notation.unflatten is notation.unflatten
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -299,7 +301,7 @@ def test_sinusoid_matches_diffusers_and_as_printed_is_a_permutation(dtype):
 
 
 def test_sd15_time_proj_settings():
-    unet, _ = sd15_meta()
+    unet, _ = meta("unet"), meta("vae")
     assert (unet.time_proj.num_channels, unet.time_proj.flip_sin_to_cos, unet.time_proj.downscale_freq_shift) == (320, True, 0)
     assert tuple(unet.time_embedding.state_dict()) == embeddings.TIME_KEYS
     assert unet.time_embedding.linear_1.weight.shape == (1280, 320) and unet.time_embedding.linear_2.weight.shape == (1280, 1280)
@@ -308,7 +310,7 @@ def test_sd15_time_proj_settings():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_timestep_embedding_of_t_matches_diffusers(dtype):
     module = reference("unet.time_embedding", seed=0, dtype=dtype)
-    proj = sd15_meta()[0].time_proj
+    proj = meta("unet").time_proj
     t = torch.tensor([0, 1, 17, 500, 999])
     with torch.no_grad():
         ref = module(proj(t).to(dtype))
@@ -354,7 +356,7 @@ def test_conv1x1_and_rgb_head_match_the_sd15_modules(dtype):
 
 
 def test_rgb_head_keys_are_the_sd15_decoders():
-    _, vae = sd15_meta()
+    _, vae = meta("unet"), meta("vae")
     decoder_keys = {k for k in vae.decoder.state_dict() if k.startswith(("conv_norm_out.", "conv_out."))}
     assert decoder_keys == {"conv_norm_out.weight", "conv_norm_out.bias", "conv_out.weight", "conv_out.bias"}
     assert vae.decoder.conv_out.kernel_size == (3, 3) and vae.decoder.conv_out.padding == (1, 1)
@@ -378,7 +380,7 @@ def test_stack_predicted_size(H, expected):
 
 
 def test_unet_block_keys_are_the_theta_keys():
-    unet, _ = sd15_meta()
+    unet, _ = meta("unet"), meta("vae")
     sd = unet.state_dict()
     for prefix in ("down_blocks.0.downsamplers.0", "up_blocks.0.upsamplers.0"):
         assert {k[len(prefix) + 1:] for k in sd if k.startswith(prefix + ".")} == {"conv.weight", "conv.bias"}

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sdanatomy import ledger
+from sdanatomy.ledger import registry
 
 
 @pytest.mark.parametrize("entry", ledger.entries(), ids=lambda e: e.name)
@@ -35,7 +36,7 @@ def test_table_renders_text_and_html():
 
 
 def _fake(verdict, err, tol=0.1, **kw):
-    return ledger.Entry("(0) fake", "0", "x", "ref", lambda seed, dtype: err, tol, "test", verdict, **kw)
+    return registry.Entry("(0) fake", "0", "x", "ref", lambda seed, dtype: err, tol, "test", verdict, **kw)
 
 
 def test_verdicts_mean_what_they_say():

@@ -4,7 +4,9 @@ import json
 import pytest
 import torch
 
-from sdanatomy import digits, miniature, sd15
+from sdanatomy.miniature import digits
+from sdanatomy import miniature
+from sdanatomy import sd15
 from sdanatomy.miniature import train as mini_train
 
 

@@ -16,8 +16,12 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from sdanatomy import blocks, miniature, models, sd15
-from sdanatomy.blocks_ledger import NARROW_CONFIG, narrow_unet
+from sdanatomy.lecture import blocks
+from sdanatomy import miniature
+from sdanatomy.lecture import unet as lecture_unet
+from sdanatomy.lecture import config as lecture_config
+from sdanatomy import sd15
+from sdanatomy.sd15.reference import NARROW_UNET_CONFIG, narrow_unet
 
 RTOL = 1e-4
 
@@ -53,7 +57,7 @@ def test_unet_matches_diffusers(sd15_unet, theta, B, H, W, t):
     z, c = _inputs(B, H, W)
     with torch.no_grad():
         ref = sd15_unet(z, t, encoder_hidden_states=c).sample
-    eps = models.unet(theta, z, t, c)
+    eps = lecture_unet.unet(theta, z, t, c)
     assert eps.shape == ref.shape == (B, 4, H, W)
     assert _rel(eps, ref) <= RTOL, f"{_rel(eps, ref):.1e} > {RTOL} of max|ε̂| = {ref.abs().max():.3f}"
 
@@ -63,7 +67,7 @@ def test_unet_with_the_books_own_layers(sd15_unet, theta):
     z, c = _inputs(1, 4, 6, M=5, seed=1)             # levels at 4×6, 2×3, 1×2, 1×1
     with torch.no_grad():
         ref = sd15_unet(z, 250, encoder_hidden_states=c).sample
-    assert _rel(models.unet(theta, z, 250, c, ops=blocks.BOOK), ref) <= RTOL
+    assert _rel(lecture_unet.unet(theta, z, 250, c, ops=blocks.BOOK), ref) <= RTOL
 
 
 def test_unet_takes_one_latent_of_one_pixel(theta, sd15_unet):
@@ -71,7 +75,7 @@ def test_unet_takes_one_latent_of_one_pixel(theta, sd15_unet):
     z, c = _inputs(1, 1, 1, M=3, seed=2)
     with torch.no_grad():
         ref = sd15_unet(z, torch.tensor(7.5), encoder_hidden_states=c).sample
-    eps = models.unet(theta, z[0], torch.tensor(7.5), c[0])
+    eps = lecture_unet.unet(theta, z[0], torch.tensor(7.5), c[0])
     assert eps.shape == (4, 1, 1) and _rel(eps, ref[0]) <= RTOL
 
 
@@ -82,28 +86,28 @@ def test_unet_runs_the_shipped_miniature():
     with torch.no_grad():
         ref = model.unet(z, t, encoder_hidden_states=c).sample
     theta = dict(model.unet.state_dict())
-    assert _rel(models.unet(theta, z, t, c, config=miniature.UNET_CONFIG), ref) <= RTOL
-    assert _rel(models.unet(theta, z, t, c, config=dict(model.unet.config)), ref) <= RTOL
+    assert _rel(lecture_unet.unet(theta, z, t, c, config=miniature.UNET_CONFIG), ref) <= RTOL
+    assert _rel(lecture_unet.unet(theta, z, t, c, config=dict(model.unet.config)), ref) <= RTOL
 
 
 # --- the configuration and Θ, derived and checked ------------------------------------------
 
-@pytest.mark.parametrize("config", [sd15.UNET_CONFIG, miniature.UNET_CONFIG, NARROW_CONFIG],
+@pytest.mark.parametrize("config", [lecture_config.UNET_CONFIG, miniature.UNET_CONFIG, NARROW_UNET_CONFIG],
                          ids=["sd15", "miniature", "narrow"])
 def test_theta_shapes_are_diffusers_state_dict(config):
     meta = sd15.build_unet(config, weights="meta")
-    assert models.theta_shapes(config) == {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    assert lecture_unet.theta_shapes(config) == {k: tuple(v.shape) for k, v in meta.state_dict().items()}
 
 
 def test_defaults_are_diffusers_defaults():
     params = inspect.signature(UNet2DConditionModel.__init__).parameters
-    for k, v in (models.UNET_DEFAULTS | models.UNET_FIXED).items():
+    for k, v in (lecture_unet.UNET_DEFAULTS | lecture_unet.UNET_FIXED).items():
         assert params[k].default == v, k
-    assert set(params) - {"self"} == set(models.UNET_DEFAULTS) | set(models.UNET_FIXED) | set(models.UNET_IGNORED)
+    assert set(params) - {"self"} == set(lecture_unet.UNET_DEFAULTS) | set(lecture_unet.UNET_FIXED) | set(lecture_unet.UNET_IGNORED)
 
 
 def test_sd15_theta_has_859_million_parameters():
-    assert sum(torch.Size(s).numel() for s in models.theta_shapes().values()) == 859_520_964
+    assert sum(torch.Size(s).numel() for s in lecture_unet.theta_shapes().values()) == 859_520_964
 
 
 def test_unet_at_any_size_keeps_the_size():
@@ -115,7 +119,7 @@ def test_unet_at_any_size_keeps_the_size():
         z, c = (x.double() for x in _inputs(1, H, W, M=2))
         with torch.no_grad():
             ref = u(z, 1, encoder_hidden_states=c).sample
-        eps = models.unet(theta, z, 1, c, config=NARROW_CONFIG)
+        eps = lecture_unet.unet(theta, z, 1, c, config=NARROW_UNET_CONFIG)
         assert eps.shape == (1, 4, H, W) and _rel(eps, ref) <= 1e-12
 
 
@@ -136,7 +140,7 @@ def test_unet_at_any_size_keeps_the_size():
 ])
 def test_unet_rejects_bad_input(theta, z, t, c, error, match):
     with pytest.raises(error, match=match):
-        models.unet(theta, z, t, c)
+        lecture_unet.unet(theta, z, t, c)
 
 
 def _edited(theta, drop=None, reshape=None, add=None):
@@ -160,31 +164,31 @@ def _edited(theta, drop=None, reshape=None, add=None):
 def test_unet_rejects_bad_theta(theta, edit, match):
     z, c = _inputs(1, 8, 8)
     with pytest.raises(ValueError, match=match):
-        models.unet(_edited(theta, **edit), z, 1, c)
+        lecture_unet.unet(_edited(theta, **edit), z, 1, c)
 
 
 def test_unet_rejects_configs_it_does_not_implement(theta):
     z, c = _inputs(1, 8, 8)
     with pytest.raises(ValueError, match="use_linear_projection.* must be False"):
-        models.unet(theta, z, 1, c, config=dict(sd15.UNET_CONFIG, use_linear_projection=True))
+        lecture_unet.unet(theta, z, 1, c, config=dict(lecture_config.UNET_CONFIG, use_linear_projection=True))
     with pytest.raises(ValueError, match="unknown config keys"):
-        models.unet(theta, z, 1, c, config=dict(sd15.UNET_CONFIG, upcast=True))
+        lecture_unet.unet(theta, z, 1, c, config=dict(lecture_config.UNET_CONFIG, upcast=True))
     with pytest.raises(TypeError, match="blocks.BOOK or blocks.TORCH"):
-        models.unet(theta, z, 1, c, ops=None)
+        lecture_unet.unet(theta, z, 1, c, ops=None)
 
 
 def test_printed_unet_cannot_consume_sd15_theta(theta):
     # (85) D_0 = Z: the first resnet of level 1 receives Z's 4 channels where its Θ expects 320.
     z, c = _inputs(1, 8, 8)
     with pytest.raises(ValueError, match="C = 4 channels; its Θ .* expects C_in = 320"):
-        models.unet_printed(theta, z, 1, c)
+        lecture_unet.unet_printed(theta, z, 1, c)
 
 
 def test_time_features_are_eq_28_in_float32():
     # The same function as embeddings.sinusoidal_embedding (float64), evaluated in float32 as SD-1.5 does:
     # angles ω_r t ≤ 999 carry rounding of ≲ ulp(999) ≈ 6e-5 (exp, the product) plus ω_r's own ≲ 2e-5.
-    from sdanatomy import embeddings
+    from sdanatomy.lecture import embeddings
     t = torch.arange(1000)
-    e32 = models.time_features(t, R=160)
+    e32 = lecture_unet.time_features(t, R=160)
     assert e32.dtype == torch.float32 and e32.shape == (1000, 320)
     assert (e32.double() - embeddings.sinusoidal_embedding(t.double(), R=160)).abs().max() <= 2e-4

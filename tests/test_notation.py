@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sdanatomy import notation
+from sdanatomy.lecture import notation
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 4, 5), (8, 1, 7), (2, 6, 6)])

@@ -89,7 +89,9 @@ def record(event, args):
 
 sys.addaudithook(record)
 import torch, sdanatomy
-from sdanatomy import diagrams, ledger, miniature, offline, sd15, tokenizer
+from sdanatomy import ledger, miniature, offline, sd15
+from sdanatomy.pages import diagrams
+from sdanatomy.sd15 import tokenizer
 assert not offline.network_forbidden(), "the guard must be off: this test watches attempts"
 import torch.serialization
 real_load = torch.load

@@ -18,7 +18,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdanatomy import offline, sd15
+from sdanatomy import offline
+from sdanatomy.lecture import config as lecture_config
+from sdanatomy import sd15
 
 from tiny_sd_folder import TINY_CLIP, TINY_UNET, TINY_VAE, save_tiny_sd
 
@@ -119,7 +121,7 @@ def test_parameter_counts_are_sd15s():
     assert sd15.count_parameters(unet) == 859_520_964
     assert sd15.count_parameters(vae) == 83_653_863
     with torch.device("meta"):
-        reference = CLIPTextModel(CLIPTextConfig(**sd15.TEXT_ENCODER_CONFIG))
+        reference = CLIPTextModel(CLIPTextConfig(**lecture_config.TEXT_ENCODER_CONFIG))
     assert sd15.count_parameters(clip) == sd15.count_parameters(reference) == 123_060_480
     for module in (unet, vae, clip):
         assert all(t.is_meta for t in module.state_dict().values())
@@ -161,7 +163,7 @@ def test_random_build_matches_normal_construction(component):
 
 def test_full_text_encoder_buffers_match_normal_construction():
     fast = sd15.build_text_encoder(device="cpu")
-    normal = CLIPTextModel(CLIPTextConfig(**sd15.TEXT_ENCODER_CONFIG))
+    normal = CLIPTextModel(CLIPTextConfig(**lecture_config.TEXT_ENCODER_CONFIG))
     fast_buffers, normal_buffers = dict(fast.named_buffers()), dict(normal.named_buffers())
     assert fast_buffers.keys() == normal_buffers.keys() and fast_buffers
     for name, b in normal_buffers.items():

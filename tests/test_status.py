@@ -7,7 +7,9 @@ import time
 import nbformat
 import pytest
 
-from sdanatomy import ledger, sd15, status
+from sdanatomy import ledger
+from sdanatomy import sd15
+from sdanatomy.pages import status
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +95,7 @@ def test_recorder_writes_time_and_peak_memory_of_each_notebook(tmp_path, status_
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     (tmp_path / "conftest.py").write_text(
-        "from sdanatomy import status\n"
+        "from sdanatomy.pages import status\n"
         "def pytest_configure(config):\n"
         "    config.pluginmanager.register(status.notebook_recorder(), 'recorder')\n")
     out = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p", "no:cacheprovider",

@@ -5,8 +5,11 @@ import gc
 import pytest
 import torch
 
-from sdanatomy import miniature, sd15, tokenizer
-from sdanatomy.text_to_image import Generation, decode_latents, settling, split_frequencies, text_to_image
+from sdanatomy import miniature
+from sdanatomy.lecture import config
+from sdanatomy import sd15
+from sdanatomy.sd15 import tokenizer
+from sdanatomy.sd15.text_to_image import Generation, decode_latents, settling, split_frequencies, text_to_image
 
 # ---------------------------------------------------------------- the tokenizer
 
@@ -59,13 +62,13 @@ def test_tokenizer_bad_input():
 
 
 # ---------------------------------------------------------------- the loop vs diffusers' pipeline
-TINY_UNET = dict(sd15.UNET_CONFIG, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+TINY_UNET = dict(config.UNET_CONFIG, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
                  attention_head_dim=4, norm_num_groups=8,
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-TINY_VAE = dict(sd15.VAE_CONFIG, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
+TINY_VAE = dict(config.VAE_CONFIG, block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
                 sample_size=64)   # four levels: SD-1.5's factor f = 8
-TINY_CLIP = dict(sd15.TEXT_ENCODER_CONFIG, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+TINY_CLIP = dict(config.TEXT_ENCODER_CONFIG, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, projection_dim=32)   # CLIP's 49,408 tokens and 77 positions
 
 
@@ -80,7 +83,7 @@ def tiny():
 def _pipeline_images(model, prompts, *, scheduler, guidance, steps, seed, negative_prompt=""):
     from diffusers import StableDiffusionPipeline
 
-    from sdanatomy.text_to_image import make_scheduler, vae_factor
+    from sdanatomy.sd15.text_to_image import make_scheduler, vae_factor
 
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, unet=model.unet,
                                    tokenizer=tokenizer.clip_tokenizer(), scheduler=make_scheduler(scheduler),
@@ -235,7 +238,7 @@ def test_bad_model_and_tokenizer(tiny):
 
 
 def test_image_grid_places_each_image_row_by_row_with_padding():
-    from sdanatomy.text_to_image import image_grid
+    from sdanatomy.sd15.text_to_image import image_grid
     images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 1, 2, 3)
     grid = image_grid(images, rows=2, pad=1, fill=-1.0)
     assert grid.shape == (2 * 3 - 1, 3 * 4 - 1, 1)

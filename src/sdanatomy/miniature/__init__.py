@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .. import freedom
-from ..digits import WORDS
+from sdanatomy import sd15
+
+from sdanatomy.lecture import diffusion
+from sdanatomy.miniature.digits import WORDS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 IMAGE_SIZE = 16
@@ -94,18 +96,18 @@ class EpsHat(torch.nn.Module):
         return self.unet(z, t, encoder_hidden_states=self.context(ids)).sample
 
 
-def schedule() -> freedom.Schedule:
-    return freedom.Schedule.scaled_linear()   # SD-1.5's
+def schedule() -> diffusion.Schedule:
+    return diffusion.Schedule.scaled_linear()   # SD-1.5's
 
 
 def load(folder: Path | str | None = None, *, device="cpu"):
     """The shipped (or a retrained) miniature, through the loader SD-1.5's weights take."""
-    from .. import sd15
 
     folder = Path(folder) if folder is not None else WEIGHTS_DIR
     model = sd15.load(folder, device=device, verbose=False)
     info_file = folder / "training.json"
     model.info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    model.tokenizer = tokenize
     return model
 
 
@@ -115,11 +117,11 @@ def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: in
     also the decoded intermediate states [(t, images), …]."""
     ids = tokenize(prompts)
     eps_hat = EpsHat(model.unet, model.text_encoder).eval()
-    guided = freedom.guided(eps_hat, tokenize([""]), guidance) if guidance != 1.0 else eps_hat
+    guided = diffusion.guided(eps_hat, tokenize([""]), guidance) if guidance != 1.0 else eps_hat
     g = torch.Generator().manual_seed(seed)
     shape = (len(ids), 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
     s = schedule()
-    result = freedom.ddim_sample(guided, shape, ids, schedule=s, num_steps=steps, generator=g,
+    result = diffusion.ddim_sample(guided, shape, ids, schedule=s, num_steps=steps, generator=g,
                                  final_alpha_bar=s.alpha_bars[0].item(), steps_offset=1,
                                  keep_every=keep_every)
     z, kept = result if keep_every else (result, [])

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from . import IMAGE_SIZE, generate, tokenize
+from sdanatomy.sd15.reference import AttnProcessor
 
 
 def cross_attention_maps(model, prompt: str, *, guidance: float = 3.0, steps: int = 50, seed: int = 0):
     """(image (1, 16, 16), token ids (M,), maps (M, 8, 8)): π over the prompt's tokens per latent pixel."""
-    from diffusers.models.attention_processor import AttnProcessor
 
     side = IMAGE_SIZE // 2
     modules = [m for name, m in model.unet.named_modules() if name.endswith("attn2")]

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .. import digits, freedom
+from sdanatomy.miniature import digits
+from sdanatomy.lecture import diffusion
 from . import (IMAGE_SIZE, TEMPLATES, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG, WEIGHTS_DIR, EpsHat,
                generate, prompt, schedule, tokenize)
+from sdanatomy.sd15.reference import (AutoencoderKL, UNet2DConditionModel, CLIPTextConfig, CLIPTextModel)
 
 DEFAULTS = dict(seed=0, vae_steps=400, unet_steps=1500, batch_size=128, vae_lr=1e-3, unet_lr=1e-3,
                 beta=1e-3, cond_dropout=0.1, guidance=3.0, samples_per_digit=20)
 
 
 def train_vae_stage(images, *, seed, steps, batch_size, lr, beta, progress):
-    from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
@@ -35,7 +36,7 @@ def train_vae_stage(images, *, seed, steps, batch_size, lr, beta, progress):
     def decoder(z):          # (11)
         return vae.decode(z).sample
 
-    losses = freedom.train_vae(encoder, decoder, images, parameters=vae.parameters(), steps=steps,
+    losses = diffusion.train_vae(encoder, decoder, images, parameters=vae.parameters(), steps=steps,
                                beta=beta, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
     return vae.eval(), losses
 
@@ -49,18 +50,16 @@ def latent_dataset(vae, images, labels, *, seed):
         latents, ids = [], []
         for k in range(len(TEMPLATES)):
             eps = torch.randn(posterior.mean.shape, generator=g)
-            latents.append(freedom.reparameterize(posterior.mean, posterior.std, eps) * scaling_factor)
+            latents.append(diffusion.reparameterize(posterior.mean, posterior.std, eps) * scaling_factor)
             ids.append(tokenize([prompt(int(y), k) for y in labels]))
     return torch.cat(latents), torch.cat(ids), scaling_factor
 
 
 def train_unet_stage(latents, ids, *, seed, steps, batch_size, lr, cond_dropout, progress):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     eps_hat = EpsHat(UNet2DConditionModel(**UNET_CONFIG), CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)))
-    losses = freedom.train_noise_estimator(
+    losses = diffusion.train_noise_estimator(
         eps_hat, latents, ids, schedule=schedule(), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         cond_dropout=cond_dropout, null_cond=tokenize([""])[0], progress=progress)
     return eps_hat.eval(), losses
@@ -100,7 +99,7 @@ def main(argv=None) -> dict:
     staging = args.out.with_name(args.out.name + ".partial")
     for name, module in (("vae", vae), ("unet", eps_hat.unet), ("text_encoder", eps_hat.text_encoder)):
         module.save_pretrained(staging / name, safe_serialization=True)
-    from .. import sd15
+    from sdanatomy import sd15
     model = sd15.load(staging, verbose=False)
     report = dict(settings={k: getattr(args, k) for k in DEFAULTS}, scaling_factor=scaling_factor,
                   train_seconds=round(train_seconds, 1), torch=torch.__version__,

@@ -1,0 +1,278 @@
+"""Ledger rows of lecture §6.8: (30)–(35), (51), the printed numbers, and SD-1.5's modules.
+
+Imported by :mod:`sdanatomy.attention`, which re-exports the public names defined here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sdanatomy.ledger.registry import row
+from sdanatomy.lecture.attention import (NO_OUTPUT_BIAS, ONE_HEAD, PRINTED_SLIPS, Q_FROM_W_O, _softmax, scaled_dot_product_attention, scaled_dot_product_attention_printed,
+    soft_lookup, lookup, HALF_UNIT, claims_example_6_2, claims_exercise_6_1, weights_along_ray,
+    hard_limit, multihead_attention, multihead_attention_printed)
+from sdanatomy.sd15.attention import sd15_attention_modules, sd15_attention
+from sdanatomy.sd15.reference import materialise
+
+
+# --- ledger rows, §6.8 and §6.8.1 ---------------------------------------------------------
+
+F64_SDPA = "float64; sums of ≤ 64 terms in another order than torch: a few units of 2^-53"
+F64_MHA = "float64; sums of ≤ 1280 products in another order than nn.Linear: ≤ 1280·2^-53 ≈ 1.4e-13"
+TOL_SDPA, TOL_MHA = 1e-13, 1e-12
+SD15_WIDTHS = (320, 640, 1280)        # the channel widths C of the U-Net levels with attention
+
+
+def _qkv(seed, dtype, *, B=2, N=6, M=9, d=40, d_v=40, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(B, N, d, generator=g, dtype=dtype),
+            scale * torch.randn(B, M, d, generator=g, dtype=dtype),
+            torch.randn(B, M, d_v, generator=g, dtype=dtype))
+
+
+@row("(30) ScaledDotProductAttention", section="6.8",
+            formula=r"\mathrm{Softmax}(QK^\top/\sqrt d)\,V",
+            reference="F.scaled_dot_product_attention (torch)", tol=TOL_SDPA, why_tol=F64_SDPA)
+def _row_sdpa(seed=0, dtype=torch.float64):
+    Q, K, V = _qkv(seed, dtype)   # d = 40: a head of SD-1.5's first level
+    ref = F.scaled_dot_product_attention(Q, K, V)
+    d = Q.shape[-1]
+    tau_sqrt_d = _softmax(Q @ K.transpose(-1, -2), tau=math.sqrt(d)) @ V   # the other correct reading
+    return max((scaled_dot_product_attention(Q, K, V) - ref).abs().max().item(),
+               (tau_sqrt_d - ref).abs().max().item())
+
+
+@row("(30) ScaledDotProductAttention, as printed", section="6.8",
+            formula=r"\mathrm{Softmax}^{(1/\sqrt d)}(QK^\top/\sqrt d)\,V",
+            reference="F.scaled_dot_product_attention (torch)", tol=TOL_SDPA, why_tol=F64_SDPA,
+            verdict="differs", corrected_by="(30) ScaledDotProductAttention",
+            note="With (17)'s temperature τ = 1/√d the two scalings cancel: the printed formula is "
+                 "Softmax(QKᵀ)V, unscaled. PyTorch and SD-1.5 divide the scores by √d once.")
+def _row_sdpa_printed(seed=0, dtype=torch.float64):
+    Q, K, V = _qkv(seed, dtype)
+    ref = F.scaled_dot_product_attention(Q, K, V)
+    return (scaled_dot_product_attention_printed(Q, K, V) - ref).abs().max().item()
+
+
+def _mha_error(seed, dtype, *, cross: bool, fn, C: int = 320) -> float:
+    """max|fn(Θ, X, C) − diffusers Attention(X, C)| at one SD-1.5 level (width C), N = 16 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    attn = sd15_attention(C, cross=cross, seed=seed, dtype=dtype)
+    X = torch.randn(2, 16, C, generator=g, dtype=dtype)                          # (B, N, C)
+    ctx = torch.randn(2, 77, 768, generator=g, dtype=dtype) if cross else None   # (B, M, d_ctx) = 77 × 768
+    with torch.no_grad():
+        ref = attn(X, encoder_hidden_states=ctx)
+    return (fn(dict(attn.state_dict()), X, ctx) - ref).abs().max().item()
+
+
+def unet_attention_errors(names=None, *, seed=0, dtype=torch.float64, N=4, M=5) -> dict:
+    """max|multihead_attention − module| for attention modules of the SD-1.5 U-Net itself.
+
+    Each module is taken from sd15.build_unet(weights="meta") (its own class, configuration and
+    processor), given storage and PyTorch's default init (seeded), and fed N random tokens
+    (and M random 768-wide context tokens for attn2). ``names``: all 32 when None.
+    """
+    g = torch.Generator().manual_seed(seed)
+    errors = {}
+    for k, (name, meta) in enumerate(sd15_attention_modules()):
+        if names is not None and name not in names:
+            continue
+        attn = materialise(meta, seed=seed * 100 + k, dtype=dtype)
+        X = torch.randn(1, N, attn.query_dim, generator=g, dtype=dtype)                       # (1, N, C)
+        ctx = torch.randn(1, M, 768, generator=g, dtype=dtype) if attn.is_cross_attention else None
+        with torch.no_grad():
+            ref = attn(X, encoder_hidden_states=ctx)
+            ours = multihead_attention(dict(attn.state_dict()), X, ctx, heads=attn.heads)
+        errors[name] = (ours - ref).abs().max().item()
+    return errors
+
+
+MHA_REF = "diffusers Attention with SD-1.5's first-level settings: C = 320, 8 heads of d = 40"
+MHA_SELF = "(31)–(33) MultiheadAttention, SD-1.5 self-attention"
+MHA_FORMULA = r"\mathrm{Concat}_{j}(\mathrm{head}_j)\,W_O + b_O"   # head_j = SDPA(XW_Q^(j), CW_K^(j), CW_V^(j))
+
+
+@row(MHA_SELF, section="6.8", formula=MHA_FORMULA, reference=MHA_REF + ", N = 16",
+            tol=TOL_MHA, why_tol=F64_MHA)
+def _row_mha_self(seed=0, dtype=torch.float64):
+    return _mha_error(seed, dtype, cross=False, fn=multihead_attention)
+
+
+@row("(31)–(33) MultiheadAttention, SD-1.5 cross-attention", section="6.8",
+            formula=MHA_FORMULA,
+            reference=MHA_REF + ", text context 77 × 768", tol=TOL_MHA, why_tol=F64_MHA)
+def _row_mha_cross(seed=0, dtype=torch.float64):
+    return _mha_error(seed, dtype, cross=True, fn=multihead_attention)
+
+
+MID_BLOCK = "mid_block.attentions.0.transformer_blocks.0."
+
+
+@row("(31)–(33) MultiheadAttention, the U-Net's mid-block modules", section="6.8",
+            formula=MHA_FORMULA, tol=TOL_MHA, why_tol=F64_MHA,
+            reference="attn1 and attn2 of the mid block of sd15.build_unet(weights='meta') (C = 1280, "
+                      "8 heads of d = 160), given seeded storage")
+def _row_mha_unet(seed=0, dtype=torch.float64):
+    errors = unet_attention_errors((MID_BLOCK + "attn1", MID_BLOCK + "attn2"), seed=seed, dtype=dtype)
+    return max(errors.values())
+
+
+def _printed_row(slips):
+    def measure(seed=0, dtype=torch.float64):
+        return _mha_error(seed, dtype, cross=False,
+                          fn=lambda theta, X, C: multihead_attention_printed(theta, X, C, slips=slips))
+    return measure
+
+
+for _name, _slips, _formula, _note in [
+    ("(31)–(32) MultiheadAttention, as printed: Q = X W_O", (Q_FROM_W_O,), r"Q = XW_O",
+     "(31) lists W_O twice and no W_Q, and (32) computes Q = X W_O; the query projection is W_Q "
+     "(to_q). Read literally, the output projection W_O ∈ R^(d_v×d_out) makes the queries."),
+    ("(33) MultiheadAttention, as printed: one head", (ONE_HEAD,), r"\mathrm{SDPA}(Q,K,V)\,W_O,\ h = 1",
+     "(33) applies (30) once over the full width C, scaling by 1/√C. SD-1.5 splits Q, K, V into 8 heads "
+     "of width d = C/8, one softmax per head, scaled by 1/√(C/8), and concatenates them."),
+    ("(33) MultiheadAttention, as printed: no output bias", (NO_OUTPUT_BIAS,),
+     r"\mathrm{Concat}_j(\mathrm{head}_j)\,W_O",
+     "diffusers' Attention adds to_out.0.bias (out_bias=True in every SD-1.5 block): every token's "
+     "output is shifted by b_O, a parameter (33) does not have."),
+    ("(31)–(33) MultiheadAttention, as printed", PRINTED_SLIPS, r"\mathrm{SDPA}(XW_O, CW_K, CW_V)\,W_O",
+     "All three printed readings together: Q = X W_O, one head, no output bias."),
+]:
+    row(_name, section="6.8", formula=_formula, reference=MHA_REF + ", N = 16", tol=TOL_MHA,
+               why_tol=F64_MHA, verdict="differs", corrected_by=MHA_SELF, note=_note)(_printed_row(_slips))
+
+
+# §6.8.1: the dictionary
+
+@row("Ex. 6.1 / Rem. 6.3 dictionary lookup", section="6.8.1",
+            formula=r"\textstyle\sum_m \pi_m(\alpha e_k)\,v_m = D[k]",
+            reference="Python's dict D[key]", tol=1e-15,
+            why_tol="float64: the other weights are < e^-50 (M−1) ≪ 2^-53, so π is one-hot to the last bit",
+            error="max |lookup − D[key]| / max |value|")
+def _row_dictionary(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    dicts = [{"cat": 1, "dog": 2}]
+    for M in (3, 10, 50):
+        values = torch.randint(-1000, 1000, (M,), generator=g).tolist()
+        dicts.append({f"key{m}": v for m, v in enumerate(values)})
+    err = 0.0
+    for D in dicts:
+        top = max(abs(v) for v in D.values()) or 1
+        err = max(err, max(abs(lookup(D, k) - v) / top for k, v in D.items()))
+    return err
+
+
+@row("(34)–(35) Proposition 6.1, per-query weighted sum", section="6.8.1",
+            formula=r"\textstyle\sum_{m}\pi_m(q_n)\,v_m",
+            reference="F.scaled_dot_product_attention (torch), the matrix form", tol=TOL_SDPA,
+            why_tol=F64_SDPA)
+def _row_soft_lookup(seed=0, dtype=torch.float64):
+    Q, K, V = _qkv(seed, dtype, B=1, N=5, M=7, d=8, d_v=3)
+    return (soft_lookup(Q[0], K[0], V[0]) - F.scaled_dot_product_attention(Q, K, V)[0]).abs().max().item()
+
+
+PRINTED_TOL = "8 printed decimals: a correctly rounded value is within half a unit, 5e-9"
+
+
+@row("(36)–(43) Example 6.2, every printed number", section="6.8.1",
+            formula=r"s_m,\ \pi_m,\ o \text{ of Ex. 6.2}",
+            reference="the lecture's 8-decimal values vs (30)/(35) in float64", tol=HALF_UNIT,
+            why_tol=PRINTED_TOL, error="max |printed − computed| over 12 numbers")
+def _row_example_6_2(seed=0, dtype=torch.float64):
+    return max(abs(p - v) for _, p, v in claims_example_6_2(dtype))
+
+
+@row("(44)–(50) Exercise 6.1, every printed number", section="6.8.1",
+            formula=r"s_m,\ \pi_m,\ o \text{ of Ex. 6.1}",
+            reference="the lecture's 8-decimal values vs (30)/(35) in float64", tol=HALF_UNIT,
+            why_tol=PRINTED_TOL, error="max |printed − computed| over 13 numbers")
+def _row_exercise_6_1(seed=0, dtype=torch.float64):
+    return max(abs(p - v) for _, p, v in claims_exercise_6_1(dtype))
+
+
+@row("(46) e^1.41421356 ≈ 4.11325037", section="6.8.1", formula=r"e^{1.41421356} \approx 4.11325037",
+            reference="math.exp(1.41421356)", tol=HALF_UNIT, why_tol=PRINTED_TOL,
+            error="|8-decimal value − exp|",
+     checks=("sdanatomy.lecture.attention.worked_example",))
+def _row_e_sqrt2_corrected(seed=0, dtype=torch.float64):
+    return abs(4.11325037 - math.exp(1.41421356))
+
+
+@row("(46) e^1.41421356 ≈ 4.11325038, as printed", section="6.8.1",
+            formula=r"e^{1.41421356} \approx 4.11325038", reference="math.exp(1.41421356)",
+            tol=HALF_UNIT, why_tol=PRINTED_TOL, error="|printed − exp|", verdict="differs",
+            corrected_by="(46) e^1.41421356 ≈ 4.11325037",
+            note="4.11325038 is s_1 = e^√2 correctly rounded, but e^1.41421356 = 4.1132503690…: rounding √2 "
+                 "to 8 decimals (error 4.4e-9) is multiplied by e^√2 ≈ 4.1. Later numbers are unaffected.",
+     checks=("sdanatomy.lecture.attention.worked_example",))
+def _row_e_sqrt2_printed(seed=0, dtype=torch.float64):
+    return abs(4.11325038 - math.exp(1.41421356))
+
+
+LIMIT_TOL = "α = 1000: the other weights are < 1e-30 for these draws; float64 rounds π to the limit"
+
+
+def _limit_draws(seed, dtype, *, sign: float):
+    """q ∈ R^8, k_{m*} = ±c q (c ∈ [0.5, 2]), the other 4 keys ⊥ q (projected), m* at a random place."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(20):
+        d, M = 8, 5
+        q = torch.randn(d, generator=g, dtype=dtype)
+        K = torch.randn(M, d, generator=g, dtype=dtype)
+        K = K - (K @ q)[:, None] * q / (q @ q)                              # every key ⊥ q
+        m_star = int(torch.randint(M, (1,), generator=g))
+        c = 0.5 + 1.5 * torch.rand((), generator=g, dtype=dtype)
+        K[m_star] = sign * c * q                                            # k_{m*} ∥ q
+        yield q, K, m_star
+
+
+def _limit_error(seed, dtype, *, signs) -> float:
+    err = 0.0
+    for sign in signs:
+        for q, K, m_star in _limit_draws(seed, dtype, sign=sign):
+            target = torch.zeros(K.shape[0], dtype=dtype)
+            target[m_star] = 1.0                                            # (51) claims e_{m*}
+            err = max(err, (weights_along_ray(q, K, [1000.0])[0] - target).abs().max().item())
+    return err
+
+
+@row("(51) hard-dictionary limit, k_{m*} = c q with c > 0", section="6.8.1",
+            formula=r"\pi(\alpha q) \to e_{m^*},\ k_{m^*} = c\,q,\ c > 0",
+            reference="the one-hot vector e_{m*} that (51) claims", tol=1e-15, why_tol=LIMIT_TOL,
+            error="max |π(1000 q) − e_{m*}| over 20 draws")
+def _row_limit(seed=0, dtype=torch.float64):
+    return _limit_error(seed, dtype, signs=(1.0,))
+
+
+@row("(51) hard-dictionary limit, as printed: k_{m*} ∥ q", section="6.8.1",
+            formula=r"\pi(\alpha q) \to e_{m^*},\ k_{m^*} \parallel q",
+            reference="the one-hot vector e_{m*} that (51) claims", tol=1e-15, why_tol=LIMIT_TOL,
+            error="max |π(1000 q) − e_{m*}| over 40 draws, half with k_{m*} = −c q",
+            verdict="differs", corrected_by="(51) hard-dictionary limit, k_{m*} = c q with c > 0",
+            note="Parallel includes anti-parallel (and k_{m*} = 0): for k_{m*} = −c q the score of m* goes "
+                 "to −∞, π_{m*}(αq) → 0 and the weight spreads evenly over the other keys. The proof's "
+                 "⟨q_α, k_{m*}⟩ = α‖q‖‖k_{m*}‖ holds only for the same direction, which Remark 6.4 means.")
+def _row_limit_printed(seed=0, dtype=torch.float64):
+    return _limit_error(seed, dtype, signs=(1.0, -1.0))
+
+
+@row("(51) ties: the limit shares the weight", section="6.8.1",
+            formula=r"\pi(\alpha q) \to \mathbf 1_A/|A|",
+            reference="the uniform distribution on the tied keys (exact integer scores)", tol=1e-15,
+            why_tol="integer q and keys: the scores are exact; at α = 1000 the losers' weights are < e^-300",
+            error="max |π(1000 q) − uniform on A| over 20 draws")
+def _row_limit_ties(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    err = 0.0
+    for _ in range(20):
+        q = torch.randint(-3, 4, (4,), generator=g).to(dtype)
+        q[0] = float(torch.randint(1, 4, (1,), generator=g))             # q ≠ 0
+        K = torch.randint(-3, 4, (6, 4), generator=g).to(dtype)
+        w = torch.zeros(4, dtype=dtype)
+        w[0], w[1] = q[1], -q[0]                                          # w ⊥ q, exactly
+        top = int((K @ q).argmax())
+        K[(top + 1) % 6] = K[top] + w                                     # a second key ties with the best
+        err = max(err, (weights_along_ray(q, K, [1000.0])[0] - hard_limit(q, K)).abs().max().item())
+    return err
