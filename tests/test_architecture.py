@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
+from sdanatomy.ledger import registry
 from sdanatomy.pages import architecture
 from sdanatomy.pages import architecture_sizes
 from sdanatomy.pages import diagrams
@@ -73,20 +74,20 @@ def test_unknown_torchview_figure():
 # ---------------------------------------------------------------- Θ by formula and by counting
 @pytest.mark.parametrize("component", ["unet", "vae"])
 def test_parameter_table_formula_equals_module_and_published(component):
-    t = architecture.parameter_table(component)
-    for r in t.param_rows:
+    t = architecture.parameter_counts(component)
+    for r in t.rows:
         assert r.by_formula == r.in_module, f"{r.block}: formula {r.by_formula:,} ≠ module {r.in_module:,}"
     assert t.total_formula == architecture.PUBLISHED[component] == {"unet": 859_520_964, "vae": 83_653_863}[component]
     assert t.total_module == t.whole_module == architecture.PUBLISHED[component]   # no block left out
-    assert t.all_equal
+    assert t.all_equal and architecture.parameter_table(component).all_ok
 
 
 def test_block_rows_are_the_lectures_blocks():
-    unet = [r.block for r in architecture.parameter_table("unet").param_rows]
+    unet = [r.block for r in architecture.parameter_counts("unet").rows]
     assert unet == (["time_proj", "time_embedding", "conv_in"] + [f"down_blocks.{i}" for i in range(4)]
                     + ["mid_block"] + [f"up_blocks.{i}" for i in range(4)] + ["conv_norm_out", "conv_out"])
-    vae = architecture.parameter_table("vae")
-    decoder_side = sum(r.by_formula for r in vae.param_rows
+    vae = architecture.parameter_counts("vae")
+    decoder_side = sum(r.by_formula for r in vae.rows
                        if r.block == "post_quant_conv" or r.block.startswith("decoder."))
     assert decoder_side == 49_490_199
 
@@ -112,9 +113,9 @@ def test_formulas_by_hand():
 
 def test_formulas_follow_the_configuration():
     from sdanatomy import miniature
-    assert architecture.parameter_table("unet", miniature.UNET_CONFIG).all_equal
-    assert architecture.parameter_table("vae", miniature.VAE_CONFIG).all_equal
-    assert architecture.parameter_table("unet", miniature.UNET_CONFIG).published is None
+    assert architecture.parameter_counts("unet", miniature.UNET_CONFIG).all_equal
+    assert architecture.parameter_counts("vae", miniature.VAE_CONFIG).all_equal
+    assert architecture.parameter_counts("unet", miniature.UNET_CONFIG).published is None
     with pytest.raises(ValueError, match="unsupported"):
         architecture.unet_parts({**config.UNET_CONFIG, "transformer_layers_per_block": 2})
     with pytest.raises(ValueError, match="component"):
@@ -144,9 +145,13 @@ def test_formula_table_examples_are_the_modules_counts():
 
 
 def test_table_renders_as_text_and_escaped_html():
-    t = architecture.Table("T <1>", ["a", "n"], [["x<y", "1,000"], ["z", "7"]], notes=["note"])
+    t = registry.Table("T <1>", ["a", "n"], [["x<y", "1,000"], ["z", "7"]], notes=["note"])
     text = repr(t)
-    assert text.splitlines()[3] == "x<y  1,000" and text.endswith("note")
+    assert text.splitlines()[3] == "x<y  1,000" and text.endswith("note")   # title, header, rule
+    with pytest.raises(TypeError, match="table of facts"):
+        t.all_ok
+    with pytest.raises(ValueError, match="has 2 cells"):
+        registry.Table("T", ["a", "n"], [["only one"]])
     assert "x&lt;y" in t._repr_html_() and "<caption>T &lt;1&gt;</caption>" in t._repr_html_()
 
 

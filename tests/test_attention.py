@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from sdanatomy.lecture import attention
 from sdanatomy.ledger import attention as attention_rows
 from sdanatomy.sd15 import attention as sd15_attention
+from sdanatomy.pages import attention as attention_page
 from sdanatomy.ledger import registry
 
 F64 = torch.float64
@@ -206,8 +207,8 @@ def test_sd15_attention_table():
     assert [r["N"] for r in mid] == [64, 64] and mid[0]["HW"] == "8×8"
     with pytest.raises(ValueError, match="multiple of 8"):
         sd15_attention.sd15_attention_table(60)
-    table = sd15_attention.AttentionTable(rows)
-    assert repr(table).count("\n") == 1 + 14 and table._repr_html_().count("<tr>") == 1 + 14
+    table = attention_page.attention_table(rows)   # title, header, rule, 14 lines
+    assert repr(table).count("\n") == 2 + 14 and table._repr_html_().count("<tr>") == 1 + 14
 
 
 @pytest.mark.parametrize("change, match", [

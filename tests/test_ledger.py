@@ -32,7 +32,8 @@ def test_table_renders_text_and_html():
     t = ledger.table(section="2")
     text, page = repr(t), t._repr_html_()
     assert t.all_ok and "Ledger §2" in text and "(2) inner product" in text
-    assert page.startswith('<div class="ledger mathjax_process"><table class="ledger">') and page.count("<tr>") == len(t.results) + 1
+    assert page.startswith('<div class="ledger sdanatomy-table mathjax_process"><table class="ledger">')
+    assert page.count("<tr>") == len(t.rows) + 1 == len(ledger.entries("2")) + 1
 
 
 def _fake(verdict, err, tol=0.1, **kw):

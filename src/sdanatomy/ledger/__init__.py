@@ -7,6 +7,7 @@ This module answers the queries: :func:`entries`, :func:`get`, :func:`table`, :f
 """
 from __future__ import annotations
 
+import html
 import inspect
 import re
 import types
@@ -16,7 +17,7 @@ import torch
 
 from . import (notation, diffusion, sizes, layers, attention, receptive, blocks,  # noqa: F401
                unet, vae_decoder)
-from .registry import _REGISTRY, Entry, Table, _equation_key, _section_key
+from .registry import _REGISTRY, Entry, Result, Table, _equation_key, _section_key, format_error
 
 # The row modules, in lecture order (§2, §3, §4, §6.1–6.7 and §6.11, §6.8, §7, §6.9–6.10, §8).
 ROW_MODULES = ("notation", "diffusion", "sizes", "layers", "attention", "receptive", "blocks",
@@ -75,11 +76,35 @@ def check_consistency() -> list[str]:
 
 
 
+HEADER = ("§", "lecture", "checked against", "error vs tolerance", "verdict")
+
+
+def results_table(results: list[Result], title: str) -> Table:
+    """Measured rows as the book shows them: the formula (typeset by MathJax), the reference, the
+    error beside its tolerance, the verdict with its check mark, and SD-1.5's note."""
+    n, ok = len(results), sum(r.ok for r in results)
+    m = sum(r.entry.verdict == "matches" for r in results)
+    summary = f"{title}: {n} rows, {m} matches, {n - m} differs; {ok}/{n} checks hold"
+    rows, html_rows = [], []
+    for r in results:
+        e, esc = r.entry, html.escape
+        verdict = e.verdict + ("" if e.corrected_by is None else f" → {e.corrected_by}")
+        mark = "✓" if r.ok else "✗ FAILED"
+        cmp = "≤" if e.verdict == "matches" else ">"
+        error = f"{format_error(r.err)} {cmp} {format_error(e.tol)}"
+        rows.append([e.section, e.name, e.reference, error, f"{verdict} {mark}"])
+        note = f"<br><small>{esc(e.note)}</small>" if e.note else ""
+        html_rows.append([
+            esc(e.section), f"{esc(e.name)}<br><small>\\({esc(e.formula)}\\)</small>", esc(e.reference),
+            f"{esc(error)}<br><small>error: {esc(e.error)}; tolerance: {esc(e.why_tol)}</small>",
+            f"{esc(verdict)} {mark}{note}"])
+    return Table(summary, HEADER, rows, html_rows=html_rows, ok=ok == n)
+
+
 def table(section: str | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> Table:
     """Measure the rows of ``section`` (all rows when None) and return them as a table."""
-    rows = entries(section)
     title = "Ledger" if section is None else f"Ledger §{section}"
-    return Table([e.run(seed=seed, dtype=dtype) for e in rows], title)
+    return results_table([e.run(seed=seed, dtype=dtype) for e in entries(section)], title)
 
 
 def equations(name: str) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sdanatomy import ledger
-from sdanatomy.ledger.registry import Result, format_error
+from sdanatomy.ledger.registry import Result, Table, format_error
 
 
 @dataclass(frozen=True)
@@ -151,46 +151,10 @@ def check() -> list[str]:
     return problems
 
 
-class Table:
-    """The errata with both rows of each ledger pair measured; HTML in a notebook, text elsewhere."""
-
-    def __init__(self, rows: list[tuple[Erratum, Result, Result]]):
-        self.rows = rows
-
-    @property
-    def all_ok(self) -> bool:
-        return all(d.ok and m.ok for _, d, m in self.rows)
-
-    def summary(self) -> str:
-        ok = sum(d.ok and m.ok for _, d, m in self.rows)
-        return f"Errata of §6.9–6.11 and §8: {len(self.rows)} entries; {ok}/{len(self.rows)} ledger pairs hold"
-
-    @staticmethod
-    def _pair(d: Result, m: Result) -> str:
-        fe = format_error
-        return (f"printed {fe(d.err)} > {fe(d.entry.tol)} {'✓' if d.ok else '✗'}; "
-                f"corrected {fe(m.err)} ≤ {fe(m.entry.tol)} {'✓' if m.ok else '✗'}")
-
-    def __repr__(self) -> str:
-        lines = []
-        for err, d, m in self.rows:
-            lines += [f"{err.where}: the lecture says {err.lecture_says}",
-                      f"    SD-1.5 does {err.sd15_does}", f"    consequence: {err.consequence}",
-                      f"    ledger: {self._pair(d, m)}"]
-        return "\n".join(lines + [self.summary()])
-
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        head = "".join(f"<th>{h}</th>" for h in ("lecture", "the lecture says", "SD-1.5 does", "consequence",
-                                                 "ledger pair (measured now)"))
-        body = "".join(
-            "<tr>" + "".join(f"<td>{c}</td>" for c in (
-                esc(err.where), esc(err.lecture_says), esc(err.sd15_does), esc(err.consequence),
-                f"<small>differs: {esc(err.differs)}<br>matches: {esc(err.matches)}<br>"
-                f"{esc(self._pair(d, m))}</small>")) + "</tr>"
-            for err, d, m in self.rows)
-        return (f'<div class="ledger"><table class="ledger"><caption>{esc(self.summary())}</caption>'
-                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+def _pair(d: Result, m: Result) -> str:
+    fe = format_error
+    return (f"printed {fe(d.err)} > {fe(d.entry.tol)} {'✓' if d.ok else '✗'}; "
+            f"corrected {fe(m.err)} ≤ {fe(m.entry.tol)} {'✓' if m.ok else '✗'}")
 
 
 def table(*, seed: int = 0, dtype: torch.dtype = torch.float64) -> Table:
@@ -201,4 +165,14 @@ def table(*, seed: int = 0, dtype: torch.dtype = torch.float64) -> Table:
     results: dict[str, Result] = {}
     for name in {n for err in ERRATA for n in (err.differs, err.matches)}:
         results[name] = ledger.get(name).run(seed=seed, dtype=dtype)
-    return Table([(err, results[err.differs], results[err.matches]) for err in ERRATA])
+    pairs = [(err, results[err.differs], results[err.matches]) for err in ERRATA]
+    ok = sum(d.ok and m.ok for _, d, m in pairs)
+    esc = html.escape
+    rows = [[err.where, err.lecture_says, err.sd15_does, err.consequence, _pair(d, m)]
+            for err, d, m in pairs]
+    html_rows = [[esc(err.where), esc(err.lecture_says), esc(err.sd15_does), esc(err.consequence),
+                  f"<small>differs: {esc(err.differs)}<br>matches: {esc(err.matches)}<br>"
+                  f"{esc(_pair(d, m))}</small>"] for err, d, m in pairs]
+    return Table(f"Errata of §6.9–6.11 and §8: {len(pairs)} entries; {ok}/{len(pairs)} ledger pairs hold",
+                 ["lecture", "the lecture says", "SD-1.5 does", "consequence", "ledger pair (measured now)"],
+                 rows, html_rows=html_rows, ok=ok == len(pairs))

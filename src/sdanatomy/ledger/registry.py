@@ -101,57 +101,55 @@ def format_error(err: float) -> str:
 
 
 class Table:
-    """The rows of a ledger section, measured: shows as HTML in a notebook, as text elsewhere."""
+    """The book's one table: a title, a header and rows of cells; HTML in a notebook (the ledger's
+    look, book/_static/sdanatomy.css), aligned text elsewhere.
 
-    def __init__(self, results: list[Result], title: str):
-        self.results = results
-        self.title = title
+    ``rows`` are the text cells; ``html_rows`` (optional) the same cells as HTML markup, already
+    escaped by the caller (LaTeX for MathJax, ``<small>`` notes); without them the text cells are
+    escaped. Columns of integers are right-aligned. ``ok`` says, for a table of checks, whether
+    every check holds (None for a table of facts); ``notes`` are lines printed under it.
+    """
+
+    def __init__(self, title: str, header, rows, *, notes=(), html_rows=None, ok: bool | None = None):
+        self.title, self.header, self.notes, self.ok = str(title), [str(h) for h in header], list(notes), ok
+        self.rows = [[str(c) for c in r] for r in rows]
+        if any(len(r) != len(self.header) for r in self.rows):
+            raise ValueError(f"every row of {self.title!r} has {len(self.header)} cells")
+        self.html_rows = ([[html.escape(c) for c in r] for r in self.rows] if html_rows is None
+                          else [[str(c) for c in r] for r in html_rows])
 
     @property
     def all_ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        """For a table of checks: every check holds."""
+        if self.ok is None:
+            raise TypeError(f"{self.title!r} is a table of facts, not of checks")
+        return self.ok
 
-    def summary(self) -> str:
-        n = len(self.results)
-        m = sum(r.entry.verdict == "matches" for r in self.results)
-        ok = sum(r.ok for r in self.results)
-        return f"{self.title}: {n} rows, {m} matches, {n - m} differs; {ok}/{n} checks hold"
-
-    def _cells(self, r: Result) -> list[str]:
-        e = r.entry
-        verdict = e.verdict + ("" if e.corrected_by is None else f" → {e.corrected_by}")
-        mark = "✓" if r.ok else "✗ FAILED"
-        cmp = "≤" if e.verdict == "matches" else ">"
-        return [e.section, e.name, e.reference, f"{format_error(r.err)} {cmp} {format_error(e.tol)}",
-                f"{verdict} {mark}"]
+    def _numeric(self) -> list[bool]:
+        return [bool(self.rows) and all(re.fullmatch(r"[\d,]+", r[i]) for r in self.rows)
+                for i in range(len(self.header))]
 
     def __repr__(self) -> str:
-        head = ["§", "lecture", "checked against", "error vs tol", "verdict"]
-        rows = [head] + [self._cells(r) for r in self.results]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [self.summary()])
+        rows, numeric = [self.header] + self.rows, self._numeric()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.header))]
+
+        def line(r):
+            return "  ".join(c.rjust(w) if num else c.ljust(w)
+                             for c, w, num in zip(r, widths, numeric)).rstrip()
+        lines = [self.title, line(self.header), "  ".join("-" * w for w in widths)]
+        return "\n".join(lines + [line(r) for r in self.rows] + self.notes)
 
     def _repr_html_(self) -> str:
-        # "mathjax_process" lets MathJax typeset the formulas inside a notebook's HTML output.
-        head = "".join(f"<th>{h}</th>" for h in ("§", "lecture", "checked against", "error vs tolerance", "verdict"))
-        body = []
-        for r in self.results:
-            e = r.entry
-            verdict = html.escape(e.verdict) + ("" if e.corrected_by is None else
-                                                f" → {html.escape(e.corrected_by)}")
-            mark = "✓" if r.ok else "✗ FAILED"
-            cmp = "≤" if e.verdict == "matches" else "&gt;"
-            note = f"<br><small>{html.escape(e.note)}</small>" if e.note else ""
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-                html.escape(e.section),
-                f"{html.escape(e.name)}<br><small>\\({html.escape(e.formula)}\\)</small>",
-                html.escape(e.reference),
-                f"{format_error(r.err)} {cmp} {format_error(e.tol)}<br>"
-                f"<small>error: {html.escape(e.error)}; tolerance: {html.escape(e.why_tol)}</small>",
-                f"{verdict} {mark}{note}",
-            )) + "</tr>")
-        return (f'<div class="ledger mathjax_process"><table class="ledger">'
-                f"<caption>{html.escape(self.summary())}</caption>"
-                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+        # "mathjax_process" lets MathJax typeset the \( \) cells inside a notebook's HTML output.
+        def cell(c, num):
+            if re.fullmatch(r"[\w.]{12,}", c) and "." in c:   # a module path may break after a dot
+                c = c.replace(".", ".<wbr>")
+            return f'<td style="text-align: right">{c}</td>' if num else f"<td>{c}</td>"
+        numeric = self._numeric()
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(cell(c, num) for c, num in zip(r, numeric)) + "</tr>"
+                       for r in self.html_rows)
+        notes = "".join(f"<p><small>{html.escape(n)}</small></p>" for n in self.notes)
+        return (f'<div class="ledger sdanatomy-table mathjax_process"><table class="ledger">'
+                f"<caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{notes}</div>")

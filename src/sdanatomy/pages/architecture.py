@@ -5,66 +5,27 @@
   tensors of diffusers' module (built on the meta device: shapes, no storage);
 * :func:`formula_table` — each building block's count as a formula in its widths, derived by the same
   functions applied to sympy symbols;
-* :class:`Table` — the small table these and ``sdanatomy.architecture_sizes`` return.
+* each returns the book's one :class:`~sdanatomy.ledger.registry.Table`.
 
 Figures 1 and 2 (torchview, as the lecture drew them) live with the other diagrams:
-:func:`sdanatomy.diagrams.write_torchview_figures`, re-exported here. Sizes in and out (§5.5,
+:func:`sdanatomy.pages.diagrams.write_torchview_figures`. Sizes in and out (§5.5,
 Remarks 5.1–5.2) live in ``sdanatomy.architecture_sizes``.
 """
 from __future__ import annotations
 
 import html
 import inspect
-import re
 from dataclasses import dataclass
 
 import torch
 
 from sdanatomy import sd15
-from sdanatomy.pages.diagrams import TORCHVIEW_FIGURES, figure_nodes, write_torchview_figures  # noqa: F401 (figures 1–2)
+from sdanatomy.ledger.registry import Table
 from sdanatomy.sd15.reference import AutoencoderKL, UNet2DConditionModel, meta
 from sdanatomy.lecture.config import UNET_CONFIG, VAE_CONFIG
 
 PUBLISHED = {"unet": 859_520_964, "vae": 83_653_863}   # SD-1.5's published sizes: a reference
 NAMES = {"unet": "U-Net", "vae": "VAE"}
-
-
-class Table:
-    """Rows of text cells with a title: HTML in a notebook, aligned text elsewhere.
-
-    ``html_rows`` (optional) gives the cells for HTML, e.g. LaTeX where the text shows Unicode.
-    """
-
-    def __init__(self, title: str, header, rows, *, notes=(), html_rows=None):
-        self.title, self.header, self.notes = title, list(header), list(notes)
-        self.rows = [[str(c) for c in r] for r in rows]
-        self.html_rows = self.rows if html_rows is None else [[str(c) for c in r] for r in html_rows]
-
-    def __repr__(self) -> str:
-        rows = [self.header] + self.rows
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.header))]
-        numeric = [all(re.fullmatch(r"[\d,]+", r[i]) for r in self.rows) for i in range(len(widths))]
-        def line(r):
-            return "  ".join(c.rjust(w) if num else c.ljust(w)
-                             for c, w, num in zip(r, widths, numeric)).rstrip()
-        lines = [self.title, line(self.header), "  ".join("-" * w for w in widths)]
-        return "\n".join(lines + [line(r) for r in self.rows] + self.notes)
-
-    def _repr_html_(self) -> str:
-        # The ledger's look (book/_static/sdanatomy.css); MathJax typesets the \( \) cells.
-        numeric = [all(re.fullmatch(r"[\d,]+", r[i]) for r in self.rows) for i in range(len(self.header))]
-        def cell(c, num):
-            text = html.escape(c)
-            if re.fullmatch(r"[\w.]{12,}", c) and "." in c:   # a module path may break after a dot
-                text = text.replace(".", ".<wbr>")
-            return f'<td style="text-align: right">{text}</td>' if num else f"<td>{text}</td>"
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(cell(c, num) for c, num in zip(r, numeric)) + "</tr>"
-                       for r in self.html_rows)
-        notes = "".join(f"<p><small>{html.escape(n)}</small></p>" for n in self.notes)
-        return (f'<div class="ledger sdanatomy-table mathjax_process"><table class="ledger">'
-                f"<caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>{notes}</div>")
 
 
 def _meta(*shape, dtype=torch.float32) -> torch.Tensor:
@@ -310,42 +271,58 @@ class ParameterRow:
         return self.by_formula == self.in_module
 
 
-class ParameterTable(Table):
-    """Θ per top-level block, by formula and by counting; totals beside the published size."""
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Θ per top-level block of one module, by formula and by counting; its totals."""
 
-    def __init__(self, component: str, rows: list[ParameterRow], whole_module: int, published: int | None):
-        self.component, self.param_rows = component, rows
-        self.total_formula = sum(r.by_formula for r in rows)
-        self.total_module = sum(r.in_module for r in rows)
-        self.whole_module, self.published = whole_module, published
-        cells = [[r.block, r.composition, f"{r.by_formula:,}", f"{r.in_module:,}", "✓" if r.equal else "✗"]
-                 for r in rows]
-        cells.append(["total", "", f"{self.total_formula:,}", f"{self.total_module:,}",
-                      "✓" if self.total_formula == self.total_module else "✗"])
-        notes = [f"whole module: {whole_module:,} parameters"
-                 + ("" if published is None else f"; published size of SD-1.5's {NAMES[component]}: {published:,}")]
-        super().__init__(f"Θ of the {NAMES[component]} per block: by formula vs. counted in the module",
-                         ["block", "built from", "by formula", "in the module", "equal"], cells, notes=notes)
+    component: str
+    rows: tuple[ParameterRow, ...]
+    whole_module: int            # Σ numel of every parameter of the module
+    published: int | None        # SD-1.5's published size, for SD-1.5's own configuration
+
+    @property
+    def total_formula(self) -> int:
+        return sum(r.by_formula for r in self.rows)
+
+    @property
+    def total_module(self) -> int:
+        return sum(r.in_module for r in self.rows)
 
     @property
     def all_equal(self) -> bool:
-        return all(r.equal for r in self.param_rows) and self.total_formula == self.total_module == self.whole_module
+        return (all(r.equal for r in self.rows)
+                and self.total_formula == self.total_module == self.whole_module)
 
 
-def parameter_table(component: str = "unet", config=None) -> ParameterTable:
-    """Θ of SD-1.5's U-Net (``"unet"``) or VAE (``"vae"``) per block, counted by formula and in the module.
-
-    ``config`` (a dict like UNET_CONFIG / VAE_CONFIG) counts another member of the family,
-    e.g. the miniature; the published total is shown for SD-1.5's own configuration only.
+def parameter_counts(component: str = "unet", config=None) -> ParameterCounts:
+    """Θ of SD-1.5's U-Net (``"unet"``) or VAE (``"vae"``) per block, counted by formula and in the
+    module. ``config`` (a dict like UNET_CONFIG / VAE_CONFIG) counts another member of the family,
+    e.g. the miniature; the published total is given for SD-1.5's own configuration only.
     """
     if component not in ("unet", "vae"):
         raise ValueError(f"component must be 'unet' or 'vae'; got {component!r}")
     parts = (unet_parts if component == "unet" else vae_parts)(config)
     module = meta(component, config)
-    rows = [ParameterRow(name, composition(terms), sum(n for _, n in terms),
-                         sd15.count_parameters(module.get_submodule(name))) for name, terms in parts]
+    rows = tuple(ParameterRow(name, composition(terms), sum(n for _, n in terms),
+                              sd15.count_parameters(module.get_submodule(name)))
+                 for name, terms in parts)
     published = PUBLISHED[component] if config is None else None
-    return ParameterTable(component, rows, sd15.count_parameters(module), published)
+    return ParameterCounts(component, rows, sd15.count_parameters(module), published)
+
+
+def parameter_table(component: str = "unet", config=None) -> Table:
+    """:func:`parameter_counts` as the chapter shows it: one row a block, the totals last."""
+    c = parameter_counts(component, config)
+    cells = [[r.block, r.composition, f"{r.by_formula:,}", f"{r.in_module:,}", "✓" if r.equal else "✗"]
+             for r in c.rows]
+    cells.append(["total", "", f"{c.total_formula:,}", f"{c.total_module:,}",
+                  "✓" if c.total_formula == c.total_module else "✗"])
+    notes = [f"whole module: {c.whole_module:,} parameters"
+             + ("" if c.published is None
+                else f"; published size of SD-1.5's {NAMES[component]}: {c.published:,}")]
+    return Table(f"Θ of the {NAMES[component]} per block: by formula vs. counted in the module",
+                 ["block", "built from", "by formula", "in the module", "equal"], cells, notes=notes,
+                 ok=c.all_equal)
 
 
 def formula_table() -> Table:
@@ -374,7 +351,8 @@ def formula_table() -> Table:
     tex_names = {C_in: r"C_{\text{in}}", C_out: r"C_{\text{out}}", d_in: r"d_{\text{in}}",
                  d_out: r"d_{\text{out}}", d_ctx: r"d_{\text{ctx}}"}
     rows = [[name, text(e), f"{n:,}", where] for name, e, where, n in entries]
-    html_rows = [[name, f"\\({sp.latex(sp.expand(e), symbol_names=tex_names)}\\)", f"{n:,}", where]
+    html_rows = [[html.escape(name), html.escape(f"\\({sp.latex(sp.expand(e), symbol_names=tex_names)}\\)"),
+                  f"{n:,}", html.escape(where)]
                  for name, e, where, n in entries]
     return Table("Parameters of each building block, as a formula",
                  ["block", "parameters", "SD-1.5: count", "SD-1.5: e.g."], rows, html_rows=html_rows,

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from sdanatomy import sd15
-from sdanatomy.pages.architecture import CONTEXT, Table, _meta, conv2d_params
+from sdanatomy.ledger.registry import Table
+from sdanatomy.pages.architecture import CONTEXT, _meta, conv2d_params
 from sdanatomy.lecture.layers import conv_output_size
 from sdanatomy.sd15.reference import BasicTransformerBlock, Downsample2D, ResnetBlock2D, Upsample2D, meta
 from sdanatomy.lecture.config import UNET_CONFIG

@@ -19,7 +19,6 @@ comparisons never depend on these numbers.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import os
 import platform
@@ -27,6 +26,8 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+
+from sdanatomy.ledger.registry import Table
 
 STATUS_ENV = "SDANATOMY_STATUS_DIR"
 NOTEBOOKS_FILE, MAKE_TEST_FILE, BENCH_FILE = "notebooks.json", "make_test.json", "bench.json"
@@ -126,30 +127,6 @@ def format_bytes(n) -> str:
         n /= 1024
 
 
-class Table:
-    """Rows of text with a title and notes: HTML in a notebook (the ledger's look), aligned text elsewhere."""
-
-    def __init__(self, title: str, header, rows, notes=()):
-        self.title, self.header = title, [str(h) for h in header]
-        self.rows = [[str(c) for c in r] for r in rows]
-        self.notes = list(notes)
-
-    def __repr__(self) -> str:
-        rows = [self.header] + self.rows
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.header))]
-        line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-        return "\n".join([self.title, line(self.header), "  ".join("-" * w for w in widths)]
-                         + [line(r) for r in self.rows] + self.notes)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-        notes = "".join(f"<p><small>{html.escape(n)}</small></p>" for n in self.notes)
-        return (f'<div class="ledger sdanatomy-status"><table class="ledger">'
-                f"<caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>{notes}</div>")
-
-
 # ---------------------------------------------------------------- what the book runs on
 def versions() -> dict[str, str]:
     """Python and each package of :data:`PACKAGES`: its installed version, or "not installed"."""
@@ -168,7 +145,7 @@ def versions_table() -> Table:
     notes = [f"machine: {m.get('cpu') or m.get('processor')}, {m.get('cpus')} CPUs"
              + (f", {format_bytes(m['memory_bytes'])} memory" if m.get("memory_bytes") else "")
              + (f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU")]
-    return Table("Versions the book was executed with", ["package", "version"], list(v.items()), notes)
+    return Table("Versions the book was executed with", ["package", "version"], list(v.items()), notes=notes)
 
 
 def weights_mode(components=None) -> tuple[str, str]:
@@ -250,7 +227,7 @@ def notebook_table() -> Table:
     else:
         notes.insert(0, f"{NOT_MEASURED}: run `make test` (or nbval on the notebooks) to fill this table")
     return Table("Notebooks: execution time and peak memory (last nbval run)",
-                 ["notebook", "cells", "time", "peak memory", "result", "measured (UTC)"], rows, notes)
+                 ["notebook", "cells", "time", "peak memory", "result", "measured (UTC)"], rows, notes=notes)
 
 
 def _short(name: str) -> str:
@@ -282,7 +259,7 @@ def bench_table(results: dict | None = None) -> Table:
     b = results if results is not None else read(BENCH_FILE)
     if b is None:
         return Table("Benchmarks (bench/run.py)", ["measurement", "result"],
-                     [["all", NOT_MEASURED]], [f"run `python bench/run.py` to measure them on this machine"])
+                     [["all", NOT_MEASURED]], notes=["run `python bench/run.py` to measure them on this machine"])
     rows = []
     u = b.get("unet_speed") or {}
     if "ratio_book_over_diffusers" in u:
@@ -312,7 +289,7 @@ def bench_table(results: dict | None = None) -> Table:
              f"{m.get('torch_threads', '?')} torch threads"
              + (f", load average {load[0]:.1f} at the start" if load else "")
              + "; timings depend on the machine and its load"]
-    return Table("Benchmarks (bench/run.py)", ["measurement", "result"], rows, notes)
+    return Table("Benchmarks (bench/run.py)", ["measurement", "result"], rows, notes=notes)
 
 
 # ---------------------------------------------------------------- the pytest plugin

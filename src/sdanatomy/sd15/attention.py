@@ -59,63 +59,6 @@ def sd15_attention_table(latent: int = 64) -> list[dict]:
     return rows
 
 
-def _attention_groups(rows: list[dict]) -> list[list[dict]]:
-    """The modules of each block, self and cross apart, in U-Net order."""
-    groups: dict = {}
-    for r in rows:
-        block = ".".join(r["module"].split(".")[:2]) if r["module"].startswith(("down", "up")) else "mid_block"
-        groups.setdefault((block, r["kind"]), []).append(r)
-    return list(groups.values())
-
-
-_TABLE_HEAD = ("block", "n", "kind", "H×W", "N", "C", "M×d_ctx", "h", "d", "W_Q = W_O", "W_K, W_V",
-               "scores h·N·M")
-
-
-def _table_cells(rs: list[dict]) -> tuple[str, ...]:
-    r = rs[0]
-    block = ".".join(r["module"].split(".")[:2]) if r["module"].startswith(("down", "up")) else "mid_block"
-    shape = lambda wt: "×".join(map(str, wt[::-1]))   # noqa: E731  lecture orientation: weight^T
-    return (block, str(len(rs)), r["kind"], r["HW"], str(r["N"]), str(r["C"]), f"{r['M']}×{r['d_ctx']}",
-            str(r["heads"]), str(r["d"]), shape(r["to_q"]), shape(r["to_k"]), f"{r['scores']:,}")
-
-
-def format_attention_table(rows: list[dict]) -> str:
-    """The SD-1.5 attention table as text, one line per block and kind (see AttentionTable)."""
-    lines = [_TABLE_HEAD] + [_table_cells(rs) for rs in _attention_groups(rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_TABLE_HEAD))]
-    out = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-           for line in lines]
-    out.insert(1, "-" * len(out[0]))
-    return "\n".join(out)
-
-
-class AttentionTable:
-    """sd15_attention_table's rows, one line per block and kind: HTML in a notebook, text elsewhere.
-
-    Matrices in the lecture's orientation (W_Q ∈ R^{d_in × h·d} is to_q.weight transposed; in SD-1.5
-    W_O has the same shape); "n" counts the modules; "scores" is h·N·M, the attention weights one
-    module computes per image.
-    """
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __repr__(self) -> str:
-        return format_attention_table(self.rows)
-
-    def _repr_html_(self) -> str:
-        import html
-        cell = 'style="padding:0.2em 0.45em;border-bottom:1px solid #ddd;text-align:{}"'
-        head = "".join(f"<th {cell.format('left' if i < 3 else 'right')}>{html.escape(h)}</th>"
-                       for i, h in enumerate(_TABLE_HEAD))
-        body = "".join("<tr>" + "".join(f"<td {cell.format('left' if i < 3 else 'right')}>{html.escape(c)}</td>"
-                                        for i, c in enumerate(_table_cells(rs))) + "</tr>"
-                       for rs in _attention_groups(self.rows))
-        return ('<div style="overflow-x:auto"><table style="font-size:0.78em;border-collapse:collapse">'
-                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
-
-
 def sd15_attention(C: int, *, cross: bool, seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
     """A standalone diffusers Attention with SD-1.5's settings at a level of width C.
 
