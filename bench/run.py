@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/run.py [--out _build/status/bench.json] [--runs 3] [--skip-unet]
 
-Prints, and writes as JSON for the status appendix (``sdanatomy.status.bench_table``):
+Prints, and writes as JSON for the status appendix (``sdanatomy.pages.status.bench_table``):
 
-1. the book's ``models.unet`` against diffusers' U-Net at a 64×64 latent (bench/unet_speed.py,
+1. the book's ``lecture.unet.unet`` against diffusers' U-Net at a 64×64 latent (bench/unet_speed.py,
    medians of ``--runs`` interleaved calls);
 2. the time to regenerate every figure of the book (into a temporary folder: book/figures is
    left as it is);
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from sdanatomy import diagrams, sd15, status
+from sdanatomy import sd15
+from sdanatomy.pages import diagrams, status
 
 HERE = Path(__file__).resolve().parent
 LATENT, CONTEXT, T = (1, 4, 64, 64), (1, 77, 768), 500

@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from sdanatomy import models, sd15
+from sdanatomy import sd15
+from sdanatomy.lecture import unet as lecture_unet
 
 
 def main(argv=None) -> dict:
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
         return unet(z, t, encoder_hidden_states=c).sample
 
     def run_book():
-        return models.unet(theta, z, t, c)
+        return lecture_unet.unet(theta, z, t, c)
 
     times = {"diffusers": [], "book": []}
     with torch.inference_mode():
@@ -60,7 +61,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
     }
     print(f"diffusers UNet2DConditionModel: median {med['diffusers']:.2f} s over {args.runs} runs")
-    print(f"sdanatomy.models.unet:          median {med['book']:.2f} s over {args.runs} runs")
+    print(f"sdanatomy.lecture.unet.unet:     median {med['book']:.2f} s over {args.runs} runs")
     print(f"ratio book / diffusers: {result['ratio_book_over_diffusers']:.3f}   "
           f"max|difference|: {result['max_abs_difference']:.1e}   ({torch.get_num_threads()} threads)")
     if args.json:

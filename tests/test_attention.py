@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdanatomy.lecture import attention
+from sdanatomy.lecture import attention, layers
 from sdanatomy.ledger import attention as attention_rows
 from sdanatomy.sd15 import attention as sd15_attention
 from sdanatomy.pages import attention as attention_page
@@ -27,13 +27,13 @@ def test_softmax_with_temperature_is_eq_17():
         # float64, π < 1, the same x/τ on both sides: the shift by the max costs
         # ≤ u·|z − m|·π ≤ u/e; exp, the 7-term sum and the division ~9u·π: ~1e-15 at
         # worst, 3e-17 measured; rtol=0 so the bound is the stated one
-        assert torch.allclose(attention._softmax(x, tau=tau), literal, rtol=0, atol=1e-15)
+        assert torch.allclose(layers.softmax(x, tau=tau), literal, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("tau", [0, -1.0, math.nan, math.inf, True])
 def test_softmax_rejects_bad_temperature(tau):
     with pytest.raises(ValueError, match="temperature τ > 0"):
-        attention._softmax(torch.zeros(3), tau=tau)
+        layers.softmax(torch.zeros(3), tau=tau)
 
 
 @pytest.mark.parametrize("shape_q, shape_k, shape_v", [

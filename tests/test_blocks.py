@@ -10,7 +10,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
 
 from sdanatomy.lecture import blocks
-from sdanatomy.sd15.reference import NARROW_UNET_CONFIG, materialise_flat, narrow_unet
+from sdanatomy.sd15.reference import NARROW_UNET_CONFIG, narrow_unet, seed_parameters
 from sdanatomy.ledger.blocks import _up_inputs
 from sdanatomy.lecture.layers import sub
 
@@ -43,7 +43,7 @@ def theta(u):
 def _resnet(C_in, C_out, d_t=128, eps=1e-5, seed=0):
     with torch.device("meta"):
         m = ResnetBlock2D(in_channels=C_in, out_channels=C_out, temb_channels=d_t, groups=32, eps=eps)
-    return materialise_flat(m, seed, F64)
+    return seed_parameters(m, seed, F64)
 
 
 # --- ResnetBlock2D -------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _printed_up_theta(C_x=64, C_s=32, C_out=32, d_t=128):
             parts[f"attentions.{r}"] = Transformer2DModel(8, C_out // 8, in_channels=C_out, cross_attention_dim=768)
     theta = {}
     for seed, (prefix, m) in enumerate(parts.items()):
-        theta |= {f"{prefix}.{k}": v for k, v in _theta(materialise_flat(m, seed, F64)).items()}
+        theta |= {f"{prefix}.{k}": v for k, v in _theta(seed_parameters(m, seed, F64)).items()}
     return theta
 
 

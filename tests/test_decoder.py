@@ -24,6 +24,7 @@ from sdanatomy.sd15.reference import NARROW_VAE_CONFIG, narrow_vae
 from sdanatomy.ledger.vae_decoder import edit_distance, executed_stages
 from sdanatomy.lecture.layers import EPS_VAE, group_norm, sub
 from sdanatomy.sd15.reference import meta
+from sdanatomy.sd15.text_to_image import decode_latents
 
 TOL_F32 = 2e-5    # of max|x̂|: float32 round-off, see the module docstring
 TOL_F64 = 1e-12   # of max|x̂|: float64, ~30 layers of ≤ 4608-term sums in another order
@@ -123,7 +124,8 @@ def test_decode_latents_divides_by_the_scaling_factor_as_the_pipeline_does(mini)
         ref = vae.decode(latents / vae.config.scaling_factor).sample        # StableDiffusionPipeline's call
     Y = vae_decoder.decode_latents(theta, latents, config=vae.config)
     assert rel(Y, ref) <= TOL_F32
-    assert rel(Y.clamp(-1, 1), miniature.decode_latents(miniature.load(), latents)) <= TOL_F32
+    # the pipeline's decode of modules: images in [0, 1], i.e. (clamp(X̂, −1, 1) + 1) / 2
+    assert rel(Y.clamp(-1, 1), decode_latents(miniature.load(), latents) * 2 - 1) <= TOL_F32
     assert lecture_config.VAE_CONFIG["scaling_factor"] == 0.18215
 
 

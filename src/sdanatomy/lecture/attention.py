@@ -26,26 +26,13 @@ import math
 import torch
 
 from sdanatomy.lecture import notation
+from sdanatomy.lecture.layers import softmax
 
 # The three printed readings of Def. 6.14 that multihead_attention_printed can keep.
 Q_FROM_W_O, ONE_HEAD, NO_OUTPUT_BIAS = "Q = X W_O", "one head", "no b_O"
 PRINTED_SLIPS = (Q_FROM_W_O, ONE_HEAD, NO_OUTPUT_BIAS)
 THETA_MHA_WEIGHTS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
 THETA_MHA_OPTIONAL = ("to_out.0.bias",)
-
-
-# --- softmax with temperature (17) --------------------------------------------------------
-
-def _softmax(x: torch.Tensor, *, tau: float = 1.0, dim: int = -1) -> torch.Tensor:
-    """Softmax^{(τ)}, Def. 6.4, eq. (17): exp(x_i/τ) / Σ_j exp(x_j/τ) along ``dim``.
-
-    A private copy of ``layers.softmax`` (three lines): ``layers`` re-exports this module's
-    functions, so importing ``layers`` here would be circular. torch.softmax subtracts the maximum
-    first, which (17) allows.
-    """
-    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"Softmax^(τ) needs a temperature τ > 0 (Def. 6.4); got τ={tau!r}")
-    return torch.softmax(x / tau, dim=dim)   # (17)
 
 
 # --- ScaledDotProductAttention (30) -------------------------------------------------------
@@ -81,7 +68,7 @@ def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tens
     """
     d = _check_qkv(Q, K, V)
     S = Q @ K.transpose(-1, -2) / math.sqrt(d)   # (…, N, d) @ (…, d, M) -> (…, N, M)   (30)
-    P = _softmax(S, tau=1.0)                    # each row sums to 1: π(q_n), (35)
+    P = softmax(S, tau=1.0)                    # each row sums to 1: π(q_n), (35)
     return P @ V                                # (…, N, M) @ (…, M, d_v) -> (…, N, d_v)
 
 
@@ -93,7 +80,7 @@ def scaled_dot_product_attention_printed(Q: torch.Tensor, K: torch.Tensor, V: to
     """
     d = _check_qkv(Q, K, V)
     S = Q @ K.transpose(-1, -2) / math.sqrt(d)   # (…, N, M)
-    P = _softmax(S, tau=1 / math.sqrt(d))        # (17) with τ = 1/√d: exp(S·√d) = exp(QK^T)
+    P = softmax(S, tau=1 / math.sqrt(d))        # (17) with τ = 1/√d: exp(S·√d) = exp(QK^T)
     return P @ V
 
 
@@ -259,7 +246,7 @@ def weights_along_ray(q: torch.Tensor, K: torch.Tensor, alphas) -> torch.Tensor:
         raise ValueError(f"(51) needs q and the keys in the same R^d; got {q.shape[0]} and {K.shape[1]}")
     a = torch.as_tensor(alphas, dtype=q.dtype)
     S = a[:, None] * (K @ q)[None, :] / math.sqrt(q.shape[0])   # (A, M): ⟨α q, k_m⟩/√d
-    return _softmax(S, tau=1.0)
+    return softmax(S, tau=1.0)
 
 
 def hard_limit(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,11 @@ keyword-only hyperparameters. Two readings sit side by side:
   (what diffusers' module of the same name does with SD-1.5's settings);
 * ``*_printed`` compute the lecture's Definitions 6.15–6.20 as printed, where they can be executed.
 
-Where they part ways, a comment says so at that line; ``sdanatomy.blocks_ledger`` measures each
+Where they part ways, a comment says so at that line; ``sdanatomy.ledger.blocks`` measures each
 difference against diffusers and proves each corrected function equal to it.
 
 Every block is built from the layers of §6 through ``ops``: ``BOOK`` (the default) runs the book's
-own layers (``sdanatomy.layers``, ``sdanatomy.attention``), ``TORCH`` runs torch's fused kernels
+own layers (``sdanatomy.lecture.layers``, ``sdanatomy.lecture.attention``), ``TORCH`` runs torch's fused kernels
 of the same functions (F.conv2d, F.group_norm, F.scaled_dot_product_attention, …), which the ledger
 proves equal to the book's, layer by layer (§6) and block by block (here and §8).
 
@@ -52,7 +52,7 @@ EPS_LAYER_NORM = 1e-5   # the LayerNorms inside SD-1.5's BasicTransformerBlock (
 
 @dataclass(frozen=True)
 class Ops:
-    """The §6 layers a block calls, each with the signature of its ``sdanatomy.layers`` function."""
+    """The §6 layers a block calls, each with the signature of its ``sdanatomy.lecture.layers`` function."""
 
     name: str
     conv2d: Callable          # (theta, X, *, stride, padding)                    (14)

@@ -11,12 +11,13 @@ Each definition of the lecture is a pure function ``f(theta, X, *, hyperparamete
 Where a vectorised line hides the formula, a slow ``*_literal`` twin sums it term by term with the
 lecture's indices, for tiny inputs. Where the lecture's formula, read literally, is not what SD-1.5
 computes, the literal reading is kept beside the corrected one (``conv2d_as_printed``) and both are
-rows of the ledger (``sdanatomy.layers_ledger``). The timestep embedding (28)–(29) lives in
-``sdanatomy.embeddings``; ``scaled_dot_product_attention`` and ``multihead_attention`` (§6.8,
-(30)–(33)) live in ``sdanatomy.attention``.
+rows of the ledger (``sdanatomy.ledger.layers``). The timestep embedding (28)–(29) lives in
+``sdanatomy.lecture.embeddings``; ``scaled_dot_product_attention`` and ``multihead_attention``
+(§6.8, (30)–(33)) live in ``sdanatomy.lecture.attention``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -217,8 +218,8 @@ def _check_softmax(x, tau) -> None:
         raise TypeError(f"Softmax takes x as a torch.Tensor; got {type(x).__name__}")
     if x.dim() < 1:
         raise ValueError("Softmax takes x ∈ R^n (the last axis), got a scalar")
-    if not tau > 0:
-        raise ValueError(f"Softmax needs a temperature τ > 0 (Def. 6.4); got τ={tau}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+        raise ValueError(f"Softmax needs a temperature τ > 0, a finite real (Def. 6.4); got τ={tau!r}")
 
 
 def softmax_literal(x: torch.Tensor, *, tau: float = 1.0) -> torch.Tensor:

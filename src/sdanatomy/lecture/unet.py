@@ -2,7 +2,7 @@
 
 ``unet(theta, z, t, context)`` takes the full ``UNet2DConditionModel.state_dict()`` as Θ and
 computes what ``UNet2DConditionModel(z, t, encoder_hidden_states=context).sample`` computes, as
-numbered stages built from the blocks of §6.9–6.10 (``sdanatomy.blocks``):
+numbered stages built from the blocks of §6.9–6.10 (``sdanatomy.lecture.blocks``):
 
 1. time embedding h = TimestepEmbedding(t)                  (28)–(29)
 2. conv_in, a 3×3 conv from C = 4 to 320 channels           not in (85)
@@ -14,7 +14,7 @@ numbered stages built from the blocks of §6.9–6.10 (``sdanatomy.blocks``):
 ``config`` is a dict shaped like ``config.UNET_CONFIG`` (missing keys take diffusers' defaults, as
 ``from_config`` does), so the same function runs the miniature (``sdanatomy.miniature.UNET_CONFIG``).
 ``unet_printed`` is Def. 8.1 as printed; it cannot consume SD-1.5's Θ (see its docstring and
-``sdanatomy.models_ledger``).
+``sdanatomy.ledger.unet``).
 """
 from __future__ import annotations
 

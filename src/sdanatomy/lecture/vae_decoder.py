@@ -21,7 +21,7 @@ Two readings side by side, as everywhere in the book:
   L_d levels H_ℓ = ResnetBlock2D(Upsample2D(H_{ℓ−1}), 0) (94), a Conv1x1 to RGB (95), with
   H = 2^{L_d} H_z (95)–(96). It needs parameters SD-1.5 does not have (a ResnetBlock2D from
   C_z = 4 channels with FiLM Linears, an Upsample2D in every level, a 1×1 head), so it runs
-  with its own Θ (:func:`printed_theta`); the ledger rows (``sdanatomy.decoder_ledger``)
+  with its own Θ (:func:`printed_theta`); the ledger rows (``sdanatomy.ledger.vae_decoder``)
   measure each place where it parts from SD-1.5.
 
 Shapes: B batch, C_z latent channels (4), H_z × W_z the latent, H × W = 8H_z × 8W_z the image,

@@ -1,20 +1,22 @@
 """Ledger rows of lecture §6.8: (30)–(35), (51), the printed numbers, and SD-1.5's modules.
 
-Imported by :mod:`sdanatomy.attention`, which re-exports the public names defined here.
+Imported by :mod:`sdanatomy.ledger`.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 
 from sdanatomy.ledger.registry import row
-from sdanatomy.lecture.attention import (NO_OUTPUT_BIAS, ONE_HEAD, PRINTED_SLIPS, Q_FROM_W_O, _softmax, scaled_dot_product_attention, scaled_dot_product_attention_printed,
+from sdanatomy.lecture.layers import softmax
+from sdanatomy.lecture.attention import (NO_OUTPUT_BIAS, ONE_HEAD, PRINTED_SLIPS, Q_FROM_W_O, scaled_dot_product_attention, scaled_dot_product_attention_printed,
     soft_lookup, lookup, HALF_UNIT, claims_example_6_2, claims_exercise_6_1, weights_along_ray,
     hard_limit, multihead_attention, multihead_attention_printed)
 from sdanatomy.sd15.attention import sd15_attention_modules, sd15_attention
-from sdanatomy.sd15.reference import materialise
+from sdanatomy.sd15.reference import seed_parameters
 
 
 # --- ledger rows, §6.8 and §6.8.1 ---------------------------------------------------------
@@ -39,7 +41,7 @@ def _row_sdpa(seed=0, dtype=torch.float64):
     Q, K, V = _qkv(seed, dtype)   # d = 40: a head of SD-1.5's first level
     ref = F.scaled_dot_product_attention(Q, K, V)
     d = Q.shape[-1]
-    tau_sqrt_d = _softmax(Q @ K.transpose(-1, -2), tau=math.sqrt(d)) @ V   # the other correct reading
+    tau_sqrt_d = softmax(Q @ K.transpose(-1, -2), tau=math.sqrt(d)) @ V   # the other correct reading
     return max((scaled_dot_product_attention(Q, K, V) - ref).abs().max().item(),
                (tau_sqrt_d - ref).abs().max().item())
 
@@ -79,7 +81,7 @@ def unet_attention_errors(names=None, *, seed=0, dtype=torch.float64, N=4, M=5) 
     for k, (name, meta) in enumerate(sd15_attention_modules()):
         if names is not None and name not in names:
             continue
-        attn = materialise(meta, seed=seed * 100 + k, dtype=dtype)
+        attn = seed_parameters(copy.deepcopy(meta), seed * 100 + k, dtype)
         X = torch.randn(1, N, attn.query_dim, generator=g, dtype=dtype)                       # (1, N, C)
         ctx = torch.randn(1, M, 768, generator=g, dtype=dtype) if attn.is_cross_attention else None
         with torch.no_grad():

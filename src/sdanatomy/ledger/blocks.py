@@ -1,4 +1,4 @@
-"""Ledger rows of lecture §6.9–6.10: each block of sdanatomy.blocks against the diffusers module.
+"""Ledger rows of lecture §6.9–6.10: each block of sdanatomy.lecture.blocks against the diffusers module.
 
 References are diffusers' own modules, never restated here:
 
@@ -16,6 +16,7 @@ References are diffusers' own modules, never restated here:
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -29,7 +30,7 @@ from sdanatomy.lecture.blocks import (ATTENTION_ONLY, CHAIN_SKIPS_ATTENTION, FIL
                      printed_resnet_theta, resnet_block_2d, resnet_block_2d_printed, transformer_2d,
                      transformer_2d_printed, up_block_2d)
 from sdanatomy.lecture.layers import EPS_UNET, EPS_VAE, sub
-from sdanatomy.sd15.reference import (meta, reference, materialise_flat, sd15_module, narrow_unet, NARROW_WIDTHS, NARROW_UNET_CONFIG, ResnetBlock2D, CrossAttnUpBlock2D, DownBlock2D, UpBlock2D, get_down_block)
+from sdanatomy.sd15.reference import (meta, seed_parameters, reference, sd15_module, narrow_unet, NARROW_WIDTHS, NARROW_UNET_CONFIG, ResnetBlock2D, CrossAttnUpBlock2D, DownBlock2D, UpBlock2D, get_down_block)
 
 REL = "max |ours − diffusers| / max |diffusers|"
 F64_BLOCK = ("float64; sums of ≤ 6·10³ products (k²·C_in, 4·C) in another order than torch's kernels: "
@@ -224,7 +225,7 @@ def _row_feed_forward(seed=0, dtype=torch.float64):
 
 @row("(30)–(33) fast path: F.scaled_dot_product_attention", section="6.10",
             formula=r"\mathrm{SDPA_{torch}}(Q,K,V) = \mathrm{Softmax}(QK^\top/\sqrt d)\,V",
-            reference="sdanatomy.attention.multihead_attention (the book's (30)–(33)), on SD-1.5's attn1 and "
+            reference="lecture.attention.multihead_attention (the book's (30)–(33)), on SD-1.5's attn1 and "
                       "attn2 Θ of down_blocks.0.attentions.0 (320 wide, 8 heads, N = 30, M = 77)",
             tol=TOL_BLOCK, why_tol=F64_BLOCK, error="max |fast − book| / max |book|",
      checks=("sdanatomy.lecture.attention.multihead_attention",))
@@ -271,7 +272,7 @@ def _down_block_with_downsampler(seed, dtype):
                               resnet_eps=c["norm_eps"], resnet_act_fn=c["act_fn"],
                               resnet_groups=c["norm_num_groups"], downsample_padding=c["downsample_padding"],
                               attention_head_dim=c["attention_head_dim"])
-    return materialise_flat(meta, seed, dtype)
+    return seed_parameters(copy.deepcopy(meta), seed, dtype)
 
 
 @row("(58)–(59) DownBlock2D, as printed, where it has a Downsample2D", section="6.10",

@@ -1,4 +1,4 @@
-"""Ledger rows of §4, §6.1–6.7 and §6.11: each layer of sdanatomy.layers against what SD-1.5 runs.
+"""Ledger rows of §4, §6.1–6.7 and §6.11: each layer of sdanatomy.lecture.layers against what SD-1.5 runs.
 
 References are torch's functionals, or the diffusers modules themselves: built by diffusers from
 SD-1.5's own configuration (on the meta device, see :func:`reference`), the one submodule a row

@@ -1,6 +1,6 @@
 """Ledger rows of lecture §7: (79)–(83) and Theorem 7.1 against measured receptive fields.
 
-Imported by :mod:`sdanatomy.receptive`, which re-exports ``measure_encoder_R``.
+Imported by :mod:`sdanatomy.ledger`.
 """
 from __future__ import annotations
 

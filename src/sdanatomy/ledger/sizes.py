@@ -21,7 +21,7 @@ STACK_SIZES = ((8, 8), (16, 24), (12, 20), (9, 13))
 
 
 def stack(theta: dict, X: torch.Tensor, *, output_size=None) -> torch.Tensor:
-    """conv_in → GroupNorm → SiLU → Downsample2D → Upsample2D → conv_out, from sdanatomy.layers.
+    """conv_in → GroupNorm → SiLU → Downsample2D → Upsample2D → conv_out, from sdanatomy.lecture.layers.
 
     Θ: the state_dicts of :func:`stack_modules` under their names. X: (B, 4, H, W) -> (B, 4, H'', W'')
     with H'' = 2⌈H/2⌉, or ``output_size`` when given (as diffusers' U-Net forwards it for odd sizes).

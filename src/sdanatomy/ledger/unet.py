@@ -1,7 +1,7 @@
 """Ledger rows of lecture §8.1: the whole U-Net, Def. 8.1 (84)–(91), against diffusers.
 
 The reference is diffusers' ``UNet2DConditionModel`` built from SD-1.5's configuration at narrow
-widths (``blocks_ledger.narrow_unet``: every field SD-1.5's but block_out_channels =
+widths (``sd15.reference.narrow_unet``: every field SD-1.5's but block_out_channels =
 (32, 64, 64, 64); the classes are width-agnostic), seeded, in float64, so that each row runs in
 well under a second. The full SD-1.5 U-Net at three latent sizes, float32, is tested in
 tests/test_models.py. Where Def. 8.1 as printed cannot consume SD-1.5's Θ, the rows count what
@@ -50,7 +50,7 @@ def _row_unet(seed=0, dtype=torch.float64):
 
 @row("(85)–(91) fast path: torch's kernels = the book's layers", section=SECTION,
             formula=r"\mathrm{unet}_{\mathrm{TORCH}} = \mathrm{unet}_{\mathrm{BOOK}}",
-            reference="models.unet with ops=BOOK (sdanatomy.layers, sdanatomy.attention) on " + NARROW,
+            reference="lecture.unet.unet with ops=BOOK (lecture.layers, lecture.attention) on " + NARROW,
             tol=TOL_BLOCK, why_tol=F64_BLOCK, error="max |TORCH − BOOK| / max |BOOK|")
 def _row_fast(seed=0, dtype=torch.float64):
     u, z, t, C = _unet_case(seed, dtype, *SIZES[0])

@@ -1,7 +1,7 @@
 """Ledger rows of §8.2 (Defs. 8.2–8.3, eqs. (92)–(96)): the VAE decoder against diffusers.
 
-Imported by :mod:`sdanatomy.decoder`. References are diffusers' own modules, built from SD-1.5's
-configuration on the meta device (``layers_ledger.sd15_meta``) and given seeded Θ where a row
+Imported by :mod:`sdanatomy.ledger`. References are diffusers' own modules, built from SD-1.5's
+configuration on the meta device (``sd15.reference.meta``) and given seeded Θ where a row
 computes: matrices and kernels U(±1/√fan_in), vectors (biases, GroupNorm γ and β) N(0, 1), so that
 a swapped γ/β or a missing bias shows. Blocks are checked at SD-1.5's own widths; the whole
 decoder at SD-1.5's configuration with narrower widths (:data:`NARROW_VAE_CONFIG`), because its structure —

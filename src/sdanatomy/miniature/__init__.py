@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sdanatomy import sd15
+from sdanatomy.sd15.text_to_image import decode_latents
 
 from sdanatomy.lecture import diffusion
 from sdanatomy.miniature.digits import WORDS
@@ -125,10 +126,5 @@ def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: in
                                  final_alpha_bar=s.alpha_bars[0].item(), steps_offset=1,
                                  keep_every=keep_every)
     z, kept = result if keep_every else (result, [])
-    decode = lambda latents: decode_latents(model, latents)
+    decode = lambda latents: decode_latents(model, latents) * 2 - 1     # [0, 1] -> [−1, 1]
     return (decode(z), [(t, decode(x)) for t, x in kept]) if keep_every else decode(z)
-
-
-def decode_latents(model, z: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.vae.decode(z / model.vae.config.scaling_factor).sample.clamp(-1, 1)

@@ -1,6 +1,6 @@
 """Retrain the miniature Stable Diffusion from scratch: ``python -m sdanatomy.miniature.train``.
 
-Three stages, each a function of ``sdanatomy.freedom`` that knows nothing of the networks:
+Three stages, each a function of ``sdanatomy.lecture.diffusion`` that knows nothing of the networks:
 the VAE by the objective (12), the scaling of its latents, and the U-Net with its text encoder by
 the noise-estimation loss (6) with classifier-free-guidance dropout. Then the independent judge
 scores fresh samples. Deterministic for a given seed on a given machine; about 10 minutes on 2 cores.

@@ -1,7 +1,7 @@
 """Small networks of deliberately different architectures, for the demonstration of §3.
 
 Each noise estimator has the signature ``eps_hat(x, t, c)`` and each VAE the pair
-``encoder(X) -> (μ, σ)``, ``decoder(z) -> X̂``; that is all ``sdanatomy.freedom`` ever sees.
+``encoder(X) -> (μ, σ)``, ``decoder(z) -> X̂``; that is all ``sdanatomy.lecture.diffusion`` ever sees.
 Inputs are 8×8 grey digits (B, 1, 8, 8); conditions c are digit labels 0…9, and 10 means "none".
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from sdanatomy.lecture import layers
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")  # θ_0, θ_1, θ_2, …
 
 
-# --- 1-D layers, built from sdanatomy.layers on a 1×n image ---------------------------------
+# --- 1-D layers, built from sdanatomy.lecture.layers on a 1×n image ---------------------------------
 
 def downsample_1d(theta: dict, x: torch.Tensor, *, stride: int = 2, padding: int = 0) -> torch.Tensor:
     """Downsample1D (figure 3): Conv2d (14) with a 1×k kernel on the 1×n image x. theta: weight (k,)."""

@@ -11,7 +11,7 @@ The status appendix shows, from this module:
 
 Measurements live in ``_build/status/`` (:func:`status_dir`): ``notebooks.json``, written by
 :func:`notebook_recorder` (a pytest plugin that ``book/conftest.py`` registers when nbval runs),
-``make_test.json`` (``python -m sdanatomy.status finish-make-test``, the last step of ``make test``)
+``make_test.json`` (``python -m sdanatomy.pages.status finish-make-test``, the last step of ``make test``)
 and ``bench.json`` (``bench/run.py``). None of them is stored in the repository: on a fresh clone
 the tables say "not yet measured". Nothing here changes what a notebook prints, so nbval's
 comparisons never depend on these numbers.
@@ -244,7 +244,7 @@ def finish_make_test() -> dict | None:
     try:
         started = float((status_dir() / MAKE_TEST_STARTED).read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        print(f"sdanatomy.status: no {MAKE_TEST_STARTED} stamp; make test's total time not recorded")
+        print(f"sdanatomy.pages.status: no {MAKE_TEST_STARTED} stamp; make test's total time not recorded")
         return None
     result = {"started": started, "finished": time.time(), "measured_at": now_utc(), "machine": machine()}
     result["seconds"] = result["finished"] - started
@@ -263,11 +263,11 @@ def bench_table(results: dict | None = None) -> Table:
     rows = []
     u = b.get("unet_speed") or {}
     if "ratio_book_over_diffusers" in u:
-        rows.append(["U-Net, 64×64 latent: sdanatomy.models.unet / diffusers",
+        rows.append(["U-Net, 64×64 latent: sdanatomy.lecture.unet.unet / diffusers",
                      f"{u['ratio_book_over_diffusers']:.2f}× (book {u['book_median_s']:.2f} s, diffusers "
                      f"{u['diffusers_median_s']:.2f} s, medians of {u.get('runs', '?')} runs)"])
     else:
-        rows.append(["U-Net, 64×64 latent: sdanatomy.models.unet / diffusers", u.get("skipped", NOT_MEASURED)])
+        rows.append(["U-Net, 64×64 latent: sdanatomy.lecture.unet.unet / diffusers", u.get("skipped", NOT_MEASURED)])
     f = b.get("figures") or {}
     if "seconds" in f:
         rows.append(["regenerate all figures", f"{format_seconds(f['seconds'])} ({f.get('count', '?')} figures)"])
@@ -383,13 +383,13 @@ def notebook_recorder(path: str | None = None):
 
 
 def main(argv=None) -> int:
-    """``python -m sdanatomy.status [finish-make-test]``: print the status, or record make test's end."""
+    """``python -m sdanatomy.pages.status [finish-make-test]``: print the status, or record make test's end."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["finish-make-test"]:
         finish_make_test()
         return 0
     if argv:
-        print("usage: python -m sdanatomy.status [finish-make-test]", file=sys.stderr)
+        print("usage: python -m sdanatomy.pages.status [finish-make-test]", file=sys.stderr)
         return 2
     mode, where = weights_mode()
     print(f"mode: {mode} ({where})\n")

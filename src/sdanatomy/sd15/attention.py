@@ -1,6 +1,7 @@
 """The attention SD-1.5 runs (lecture §6.8): its 32 modules read off the U-Net, standalone
 diffusers ``Attention`` modules with SD-1.5's settings, and the float16 study of the course
-notes ("scale before QKV"). Split from :mod:`sdanatomy.attention`, which re-exports these names.
+notes ("scale before QKV"). The definitions are in :mod:`sdanatomy.lecture.attention`; the table's layout in
+:mod:`sdanatomy.pages.attention`.
 """
 from __future__ import annotations
 

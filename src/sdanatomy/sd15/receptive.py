@@ -1,8 +1,7 @@
 """Receptive fields of the real SD-1.5 U-Net, lecture §7: switching attention and GroupNorm
 statistics off, SD-1.5's per-level conv counts, the measurement of the full model, and plots.
 
-Split from :mod:`sdanatomy.receptive` (the formulas and the measurement), which re-exports
-every name defined here.
+The formulas and the measurement by autograd are in :mod:`sdanatomy.lecture.receptive`.
 """
 from __future__ import annotations
 

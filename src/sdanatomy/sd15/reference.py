@@ -2,7 +2,8 @@
 
 * :func:`meta` — the one builder of SD-1.5's modules on the meta device (shapes, no storage),
   cached per configuration, for counting, diagrams and cutting out submodules;
-* :func:`seed_parameters` — storage and seeded Θ for a meta module;
+* :func:`seed_parameters` — storage and seeded Θ for a meta module: the one seeder of Θ that
+  every check uses (the full-size builders of :mod:`sdanatomy.sd15` run each library's own init);
 * :func:`reference` — one submodule of SD-1.5 ("unet.<name>" or "vae.<name>") with seeded Θ;
 * :func:`narrow_unet`, :func:`narrow_vae` — SD-1.5's configurations at narrower widths, where a
   check needs a whole network in float64;
@@ -60,8 +61,13 @@ def meta(component: str = "unet", config=None) -> torch.nn.Module:
 
 def seed_parameters(module: torch.nn.Module, seed: int, dtype) -> torch.nn.Module:
     """Storage and seeded Θ for a meta module (in place): kernels and matrices U(±1/√fan_in) as torch
-    initialises them, vectors (biases, γ, β) N(0, 1), drawn in the order of the sorted names."""
-    module = module.to_empty(device="cpu").to(dtype).eval()
+    initialises them, vectors (biases, γ, β) N(0, 1), drawn in the order of the sorted names.
+
+    N(0, 1) for γ and β, not torch's γ = 1, β = 0: a check must see every parameter act.
+    """
+    # torch's own .to(): diffusers 0.42's override warns about "modules that should be kept in
+    # float32" on every dtype cast, even when there are none.
+    module = torch.nn.Module.to(module.to_empty(device="cpu"), dtype=dtype).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(module.named_parameters()):
@@ -80,59 +86,18 @@ def reference(path: str, *, seed: int = 0, dtype=torch.float64) -> torch.nn.Modu
     return seed_parameters(copy.deepcopy(meta(root).get_submodule(name)), seed, dtype)
 
 
-def materialise_flat(meta_module: torch.nn.Module, seed: int, dtype) -> torch.nn.Module:
-    """A copy of a meta module with seeded Θ: matrices U(±1/√fan_in), vectors N(0, 1).
-
-    Parameters become views of two flat seeded tensors (one draw each, no per-parameter cost).
-    """
-    module = copy.deepcopy(meta_module)
-    if any(b.is_meta for b in module.buffers()):
-        raise RuntimeError("the reference module has buffers on the meta device")
-    g = torch.Generator().manual_seed(seed)
-    params = sorted(module.named_parameters())
-    mats = [(n, p) for n, p in params if p.dim() > 1]
-    vecs = [(n, p) for n, p in params if p.dim() <= 1]
-    U = torch.rand(sum(p.numel() for _, p in mats), generator=g, dtype=dtype) * 2 - 1
-    N = torch.randn(sum(p.numel() for _, p in vecs), generator=g, dtype=dtype)
-    for flat, group, scaled in ((U, mats, True), (N, vecs, False)):
-        o = 0
-        for name, p in group:
-            k = p.numel()
-            value = flat[o:o + k].view(p.shape)
-            if scaled:
-                value.mul_(1 / math.sqrt(p[0].numel()))                 # U(±1/√fan_in)
-            o += k
-            owner, _, attr = name.rpartition(".")
-            setattr(module.get_submodule(owner) if owner else module, attr,
-                    torch.nn.Parameter(value, requires_grad=False))
-    return module.eval()
-
-
-
-def materialise(module: torch.nn.Module, *, seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
-    """A copy of a meta-device module with storage and PyTorch's default init, seeded."""
-    m = torch.nn.Module.to(copy.deepcopy(module), dtype=dtype).to_empty(device="cpu")   # storage in dtype
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for sub in m.modules():
-            if hasattr(sub, "reset_parameters") and next(sub.parameters(recurse=False), None) is not None:
-                sub.reset_parameters()
-    return m.eval()
-
-
 def sd15_module(path: str, *, seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
-    """One submodule of the real SD-1.5 U-Net ("unet.<name>"), with seeded Θ drawn as
-    :func:`materialise_flat` draws it."""
+    """One submodule of the real SD-1.5 U-Net ("unet.<name>"), with seeded Θ (:func:`seed_parameters`)."""
     root, _, name = path.partition(".")
     if root != "unet":
         raise ValueError(f"sd15_module reads the U-Net ('unet.<name>'); got {path!r}")
-    return materialise_flat(meta("unet").get_submodule(name), seed, dtype)
+    return seed_parameters(copy.deepcopy(meta("unet").get_submodule(name)), seed, dtype)
 
 
 @functools.lru_cache(maxsize=4)
 def narrow_unet(seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
     """diffusers' UNet2DConditionModel of SD-1.5's config at widths (32, 64, 64, 64), seeded Θ."""
-    return materialise_flat(meta("unet", NARROW_UNET_CONFIG), seed, dtype)
+    return seed_parameters(copy.deepcopy(meta("unet", NARROW_UNET_CONFIG)), seed, dtype)
 
 
 def narrow_vae(seed: int = 0, dtype=torch.float64):

@@ -12,7 +12,7 @@ the lecture draws it:
 5. the VAE decoder maps z_0 / scaling_factor to pixels, (x + 1)/2 maps them to [0, 1].
 
 The U-Net is diffusers' module (``unet="diffusers"``) or the book's pure function
-``sdanatomy.models.unet(theta, z, t, context)`` on the same Θ (``unet="book"``). The same function
+``sdanatomy.lecture.unet.unet(theta, z, t, context)`` on the same Θ (``unet="book"``). The same function
 runs SD-1.5 (real weights: real images; architecture only: noise) and the miniature model of
 ``sdanatomy.miniature`` (real digits on a CPU). On CUDA it runs in float16, on the CPU in float32.
 """
