@@ -209,3 +209,17 @@ def test_where_answers_the_resnet_block():
     assert "sdanatomy.lecture.blocks.resnet_block_2d" in w.functions
     assert "(52)–(57) ResnetBlock2D" in w.rows and w.chapters == ("ch08_functions",)
     assert json.dumps(repr(w))     # prints on one line
+
+
+def test_every_tolerance_check_in_the_tests_states_its_rtol():
+    # torch.allclose's default rtol (1e-5) silently loosens a stated float64 bound: say it.
+    import ast
+    missing = []
+    for f in sorted((ROOT / "tests").rglob("*.py")):
+        for call in ast.walk(ast.parse(f.read_text())):
+            if isinstance(call, ast.Call):
+                name = getattr(call.func, "attr", getattr(call.func, "id", ""))
+                if name in ("allclose", "isclose", "assert_close"):
+                    if not {"rtol", "rel_tol"} & {k.arg for k in call.keywords}:
+                        missing.append(f"{f.name}:{call.lineno}")
+    assert missing == []
