@@ -73,7 +73,7 @@ def unet_attention_errors(names=None, *, seed=0, dtype=torch.float64, N=4, M=5) 
     """max|multihead_attention − module| for attention modules of the SD-1.5 U-Net itself.
 
     Each module is taken from sd15.build_unet(weights="meta") (its own class, configuration and
-    processor), given storage and PyTorch's default init (seeded), and fed N random tokens
+    processor), given storage and seeded Θ (seed_parameters), and fed N random tokens
     (and M random 768-wide context tokens for attn2). ``names``: all 32 when None.
     """
     g = torch.Generator().manual_seed(seed)
