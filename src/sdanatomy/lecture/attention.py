@@ -59,7 +59,8 @@ def _check_qkv(Q, K, V) -> int:
     return Q.shape[-1]
 
 
-def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor,
+                                 V: torch.Tensor) -> torch.Tensor:
     """ScaledDotProductAttention, Def. 6.13, eq. (30), as PyTorch computes it.
 
     Q (…, N, d), K (…, M, d), V (…, M, d_v) -> (…, N, d_v):
@@ -67,24 +68,25 @@ def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tens
     Mirrors torch.nn.functional.scaled_dot_product_attention (no mask, no dropout).
     """
     d = _check_qkv(Q, K, V)
-    S = Q @ K.transpose(-1, -2) / math.sqrt(d)   # (…, N, d) @ (…, d, M) -> (…, N, M)   (30)
-    P = softmax(S, tau=1.0)                    # each row sums to 1: π(q_n), (35)
-    return P @ V                                # (…, N, M) @ (…, M, d_v) -> (…, N, d_v)
+    S = Q @ K.transpose(-1, -2) / math.sqrt(d)  # (…, N, d)·(…, d, M) -> (…, N, M) (30)
+    P = softmax(S, tau=1.0)                     # each row sums to 1: π(q_n)      (35)
+    return P @ V                                # (…, N, M)·(…, M, d_v) -> (…, N, d_v)
 
 
-def scaled_dot_product_attention_printed(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """Eq. (30) exactly as printed: Softmax^{(√d)^{-1}}(Q K^T / √d) V with (17)'s temperature.
+def scaled_dot_product_attention_printed(Q: torch.Tensor, K: torch.Tensor,
+                                         V: torch.Tensor) -> torch.Tensor:
+    """Eq. (30) exactly as printed: Softmax^{(√d)^{-1}}(Q K^T / √d) V, (17)'s τ.
 
     τ = (√d)^{-1} multiplies the scores by √d again, undoing the division: this is
     Softmax(Q K^T) V, attention *without* scaling. Kept to measure the slip (ledger).
     """
     d = _check_qkv(Q, K, V)
-    S = Q @ K.transpose(-1, -2) / math.sqrt(d)   # (…, N, M)
-    P = softmax(S, tau=1 / math.sqrt(d))        # (17) with τ = 1/√d: exp(S·√d) = exp(QK^T)
+    S = Q @ K.transpose(-1, -2) / math.sqrt(d)  # (…, N, M)
+    P = softmax(S, tau=1 / math.sqrt(d))        # (17), τ = 1/√d: exp(S·√d) = exp(QK^T)
     return P @ V
 
 
-# --- the dictionary reading, §6.8.1 -------------------------------------------------------
+# --- the dictionary reading, §6.8.1 ---------------------------------------------------
 
 def _check_axes(T, name: str, axes: int) -> None:
     if not isinstance(T, torch.Tensor):
@@ -95,17 +97,19 @@ def _check_axes(T, name: str, axes: int) -> None:
 
 
 def attention_weights(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """π(q) ∈ R^M, eq. (35): π_m(q) = exp(⟨q, k_m⟩/√d) / Σ_j exp(⟨q, k_j⟩/√d), term by term.
+    """π(q) ∈ R^M, eq. (35), term by term: π_m(q) = exp(s_m) / Σ_j exp(s_j).
 
-    q (d,), K (M, d) with rows k_m^T. The inner products are notation.inner, eq. (2).
+    s_m = ⟨q, k_m⟩/√d; q (d,), K (M, d) with rows k_m^T.
+    The inner products are notation.inner, eq. (2).
     """
     _check_axes(q, "q", 1)
     _check_axes(K, "K", 2)
     M, d = K.shape
     if q.shape[0] != d:
-        raise ValueError(f"(35) needs q and the keys k_m in the same R^d; got q ∈ R^{q.shape[0]}, k_m ∈ R^{d}")
+        raise ValueError(f"(35) needs q and the keys k_m in the same R^d; "
+                         f"got q ∈ R^{q.shape[0]}, k_m ∈ R^{d}")
     i = notation.to_torch_index
-    s = torch.stack([notation.inner(q, K[i(m, M)]) / math.sqrt(d)      # ⟨q, k_m⟩/√d
+    s = torch.stack([notation.inner(q, K[i(m, M)]) / math.sqrt(d)    # ⟨q, k_m⟩/√d
                      for m in notation.integer_range(M)])
     e = torch.exp(s - s.max())          # the common factor exp(−max) cancels in (35)
     return e / e.sum()                  # (35)
@@ -114,7 +118,8 @@ def attention_weights(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 def soft_lookup(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Proposition 6.1, eq. (34), literally: row n of the output is Σ_m π_m(q_n) v_m.
 
-    Q (N, d), K (M, d), V (M, d_v) -> (N, d_v); a slow loop over queries and keys, for tiny inputs.
+    Q (N, d), K (M, d), V (M, d_v) -> (N, d_v); a slow loop over queries and keys,
+    for tiny inputs.
     """
     _check_qkv(Q, K, V)
     for name, T in (("Q", Q), ("K", K), ("V", V)):
@@ -123,13 +128,14 @@ def soft_lookup(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor) -> torch.Tens
     i = notation.to_torch_index
     rows = []
     for n in notation.integer_range(N):
-        pi = attention_weights(Q[i(n, N)], K)                                  # (35)
-        rows.append(sum(pi[i(m, M)] * V[i(m, M)] for m in notation.integer_range(M)))   # (34)
+        pi = attention_weights(Q[i(n, N)], K)                                 # (35)
+        rows.append(sum(pi[i(m, M)] * V[i(m, M)]                               # (34)
+                        for m in notation.integer_range(M)))
     return torch.stack(rows)
 
 
 def one_hot_keys(D: dict) -> tuple[list, torch.Tensor, torch.Tensor]:
-    """Example 6.1 / Remark 6.3: a Python dict {key: value} as keys K = I_M and values V.
+    """Example 6.1 / Remark 6.3: a Python dict {key: value} as keys K = I_M, values V.
 
     Returns (names, K (M, M), V (M, 1)); key m is the m-th standard basis vector e_m.
     """
@@ -144,21 +150,22 @@ def one_hot_keys(D: dict) -> tuple[list, torch.Tensor, torch.Tensor]:
 def lookup(D: dict, key, *, score: float = 50.0) -> float:
     """D[key] retrieved by attention over one-hot keys (Example 6.1, Remark 6.3).
 
-    The query is α e_key with α = score·√d (d = M), so that its score ⟨q, k_m⟩/√d is ``score``
-    against its own key and 0 against the others. As α grows π(q) becomes one-hot (Prop. 6.2)
-    and the lookup exact: with score = 50 the other weights are e^{-50} ≈ 2e-22 each, below
-    float64's resolution 2^-53 ≈ 1.1e-16 for any M < 10^5.
+    The query is α e_key with α = score·√d (d = M), so that its score ⟨q, k_m⟩/√d is
+    ``score`` against its own key and 0 against the others. As α grows π(q) becomes
+    one-hot (Prop. 6.2) and the lookup exact: with score = 50 the other weights are
+    e^{-50} ≈ 2e-22 each, below float64's resolution 2^-53 ≈ 1.1e-16 for any M < 10^5.
     """
     if key not in D:
         raise KeyError(key)
     if not score > 0:
-        raise ValueError(f"the query's score must be > 0 to pick its key; got {score!r}")
-    names, K, V = one_hot_keys(D)                                          # K (M, M), V (M, 1)
-    q = score * math.sqrt(len(names)) * K[names.index(key)]                # (d,) = α e_key
-    return scaled_dot_product_attention(q[None], K, V)[0, 0].item()        # (1, d) -> (1, d_v) = (1, 1)
+        raise ValueError(f"the query's score must be > 0 to pick its key; "
+                         f"got {score!r}")
+    names, K, V = one_hot_keys(D)                               # K (M, M), V (M, 1)
+    q = score * math.sqrt(len(names)) * K[names.index(key)]     # (d,) = α e_key
+    return scaled_dot_product_attention(q[None], K, V)[0, 0].item()   # (1, d) -> (1, 1)
 
 
-# --- Example 6.2 and Exercise 6.1: the printed numbers ------------------------------------
+# --- Example 6.2 and Exercise 6.1: the printed numbers --------------------------------
 
 # The inputs of Example 6.2 (eqs. 36–43) and Exercise 6.1 (eqs. 44–50): q, k_1, k_2, v_1, v_2.
 EXAMPLE_6_2 = dict(q=(1, 0), k1=(1, 0), k2=(0, 1), v1=(2, 0), v2=(0, 3))
@@ -239,24 +246,25 @@ def claims_exercise_6_1(dtype=torch.float64) -> list[tuple[str, float, float]]:
 # --- the hard-dictionary limit (51) -------------------------------------------------------
 
 def weights_along_ray(q: torch.Tensor, K: torch.Tensor, alphas) -> torch.Tensor:
-    """π(α q) for each α, eq. (51): (A,) alphas, q (d,), K (M, d) -> (A, M), vectorised (30)."""
+    """π(α q) for each α, eq. (51): (A,) alphas, q (d,), K (M, d) -> (A, M), by (30)."""
     _check_axes(q, "q", 1)
     _check_axes(K, "K", 2)
     if K.shape[1] != q.shape[0]:
-        raise ValueError(f"(51) needs q and the keys in the same R^d; got {q.shape[0]} and {K.shape[1]}")
+        raise ValueError(f"(51) needs q and the keys in the same R^d; "
+                         f"got {q.shape[0]} and {K.shape[1]}")
     a = torch.as_tensor(alphas, dtype=q.dtype)
     S = a[:, None] * (K @ q)[None, :] / math.sqrt(q.shape[0])   # (A, M): ⟨α q, k_m⟩/√d
     return softmax(S, tau=1.0)
 
 
 def hard_limit(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """lim_{α→+∞} π(α q), exactly: uniform on the keys that maximise ⟨q, k_m⟩, zero elsewhere.
+    """lim_{α→+∞} π(α q) exactly: uniform on the keys maximising ⟨q, k_m⟩, 0 elsewhere.
 
     This covers every case: one maximiser (the one-hot limit of (51)), ties, and q = 0.
     Scores within 1e-12 of the maximum count as tied (exact for integer data).
     """
-    s = K @ q                                                  # (M,) ⟨q, k_m⟩
-    top = torch.isclose(s, s.max(), rtol=1e-12, atol=1e-12)    # the argmax set, ties included
+    s = K @ q                                                # (M,) ⟨q, k_m⟩
+    top = torch.isclose(s, s.max(), rtol=1e-12, atol=1e-12)  # the argmax set, with ties
     return top.to(q.dtype) / top.sum()
 
 
@@ -365,42 +373,44 @@ def _merge_heads(T: torch.Tensor) -> torch.Tensor:
     return T.transpose(-3, -2).flatten(-2)               # (…, h, N, d_v) -> (…, N, h, d_v) -> (…, N, h·d_v)
 
 
-def multihead_attention(theta: dict, X: torch.Tensor, C: torch.Tensor | None = None, *,
-                        heads: int = 8) -> torch.Tensor:
-    """MultiheadAttention, Def. 6.14, eqs. (31)–(33), as SD-1.5 runs it (diffusers' Attention).
+def multihead_attention(theta: dict, X: torch.Tensor, C: torch.Tensor | None = None,
+                        *, heads: int = 8) -> torch.Tensor:
+    """MultiheadAttention, Def. 6.14, eqs. (31)–(33), as SD-1.5 runs it (diffusers).
 
     X (…, N, d_in), C (…, M, d_ctx) or None for self-attention (C = X) -> (…, N, d_out).
     Θ: to_q.weight (h·d, d_in), to_k.weight (h·d, d_ctx), to_v.weight (h·d_v, d_ctx),
     to_out.0.weight (d_out, h·d_v), to_out.0.bias (d_out,) [optional].
-    Corrected against the print: W_Q in (32), h heads (SD-1.5: h = 8 at every level, head
-    width d = C/8), and the output bias b_O in (33).
-    With h = 1 it is the core of the VAE decoder's mid-block attention (rows (93)), which adds
-    biases to Q, K, V (vae_decoder.vae_attention).
+    Corrected against the print: W_Q in (32), h heads (SD-1.5: h = 8 at every level,
+    head width d = C/8), and the output bias b_O in (33).
+    With h = 1 it is the core of the VAE decoder's mid-block attention (rows (93)),
+    which adds biases to Q, K, V (vae_decoder.vae_attention).
     Ledger: ``ledger.where("(31)")``.
     """
     W = lecture_matrices(theta)
     C = _check_tokens(X, C, W)
     _check_heads(heads, W["W_Q"].shape[1], W["W_V"].shape[1])
-    Q = X @ W["W_Q"]                      # (…, N, d_in) @ (d_in, h·d) -> (…, N, h·d)     (32)
-    K = C @ W["W_K"]                      # (…, M, d_ctx) @ (d_ctx, h·d) -> (…, M, h·d)   (32)
-    V = C @ W["W_V"]                      # (…, M, d_ctx) @ (d_ctx, h·d_v) -> (…, M, h·d_v) (32)
-    # head j uses columns (j−1)d+1 … jd of W_Q, W_K (and of W_V with d_v): one (30) per head
+    Q = X @ W["W_Q"]          # (…, N, d_in) @ (d_in, h·d) -> (…, N, h·d)          (32)
+    K = C @ W["W_K"]          # (…, M, d_ctx) @ (d_ctx, h·d) -> (…, M, h·d)        (32)
+    V = C @ W["W_V"]          # (…, M, d_ctx) @ (d_ctx, h·d_v) -> (…, M, h·d_v)    (32)
+    # head j uses columns (j−1)d+1 … jd of W_Q, W_K (and of W_V with d_v): one (30) each
     O = scaled_dot_product_attention(_split_heads(Q, heads), _split_heads(K, heads),
-                                     _split_heads(V, heads))   # (…, h, N, d_v)          (30)
-    Y = _merge_heads(O) @ W["W_O"]        # Concat_j(head_j): (…, N, h·d_v) @ (h·d_v, d_out)  (33)
-    return Y if W["b_O"] is None else Y + W["b_O"]             # + b_O: to_out.0.bias
+                                     _split_heads(V, heads))   # (…, h, N, d_v)     (30)
+    Y = _merge_heads(O) @ W["W_O"]   # [head_1 … head_h] W_O: (…, N, d_out)      (33)
+    return Y if W["b_O"] is None else Y + W["b_O"]      # + b_O (to_out.0.bias)    (33)
 
 
-def multihead_attention_printed(theta: dict, X: torch.Tensor, C: torch.Tensor | None = None, *,
-                                heads: int = 8, slips=PRINTED_SLIPS) -> torch.Tensor:
+def multihead_attention_printed(theta: dict, X: torch.Tensor,
+                                C: torch.Tensor | None = None, *, heads: int = 8,
+                                slips=PRINTED_SLIPS) -> torch.Tensor:
     """Def. 6.14 as printed, eqs. (31)–(33), keeping the readings named in ``slips``:
 
-    * ``"Q = X W_O"``: (32) says Q = X W_O; the W_O of (31)/(33) (the output projection) is used;
+    * ``"Q = X W_O"``: (32) says Q = X W_O; the W_O of (31)/(33), the output projection;
     * ``"one head"``: (33) applies (30) once, to the full width h·d, not once per head;
     * ``"no b_O"``: (33) has no output bias.
 
-    With all three (the default) this is the lecture's text; with a subset, each slip can be
-    measured alone against diffusers (ledger rows). ``heads`` is used only without "one head".
+    With all three (the default) this is the lecture's text; with a subset, each slip
+    can be measured alone against diffusers (ledger rows). ``heads`` counts only
+    without "one head".
     """
     unknown = set(slips) - set(PRINTED_SLIPS)
     if unknown:
@@ -411,11 +421,13 @@ def multihead_attention_printed(theta: dict, X: torch.Tensor, C: torch.Tensor | 
     _check_heads(h, W["W_Q"].shape[1], W["W_V"].shape[1])
     if Q_FROM_W_O in slips:
         if W["W_O"].shape[0] != X.shape[-1] or W["W_O"].shape[1] != W["W_K"].shape[1]:
-            raise ValueError(f"Q = X W_O (32, as printed) needs W_O ∈ R^(d_in×d); got {tuple(W['W_O'].shape)}")
-        Q = X @ W["W_O"]                  # (32) as printed: the output projection in the query's place
+            raise ValueError(f"Q = X W_O (32, as printed) needs W_O ∈ R^(d_in×d); "
+                             f"got {tuple(W['W_O'].shape)}")
+        Q = X @ W["W_O"]          # (32) as printed: the output projection as W_Q
     else:
         Q = X @ W["W_Q"]
     K, V = C @ W["W_K"], C @ W["W_V"]     # (32)
-    O = scaled_dot_product_attention(_split_heads(Q, h), _split_heads(K, h), _split_heads(V, h))
+    O = scaled_dot_product_attention(_split_heads(Q, h), _split_heads(K, h),
+                                     _split_heads(V, h))          # (30), h times
     Y = _merge_heads(O) @ W["W_O"]        # (33)
     return Y if (NO_OUTPUT_BIAS in slips or W["b_O"] is None) else Y + W["b_O"]

@@ -44,7 +44,10 @@ def _check_int(x, name: str, *, low: int = 0) -> int:
 
 
 def R_pure(L: int, *, k: int = 3) -> int:
-    """(79): receptive field of L stacked k×k Conv2d (stride 1, padding (k−1)/2), R = 1 + (k−1)L."""
+    """(79): the receptive field of L stacked k×k Conv2d, R = 1 + (k−1)L.
+
+    Stride 1 and padding (k−1)/2, so that every layer keeps the size.
+    """
     _check_int(L, "L (number of Conv2d layers)")
     _check_int(k, "k (kernel size)", low=1)
     return 1 + (k - 1) * L   # (79)
@@ -76,25 +79,26 @@ def _check_counts(n: Sequence[int]) -> tuple[int, ...]:
 
 
 def R_unet(n: Sequence[int], *, k: int = 3) -> int:
-    """(81): R_unet = 1 + Σ_{ℓ=0}^{L} 2^ℓ (k−1) n_ℓ for per-level conv counts n = (n_0, …, n_L).
+    """(81): R_unet = 1 + Σ_{ℓ=0}^{L} 2^ℓ (k−1) n_ℓ for conv counts n = (n_0, …, n_L).
 
-    Level ℓ is the resolution after ℓ stride-2 downsamplings (L of them, so L + 1 levels);
-    one step at level ℓ spans 2^ℓ pixels of the input. Counts the stride-1 convs only.
+    Level ℓ is the resolution after ℓ stride-2 downsamplings (L of them, so L + 1
+    levels); one step at level ℓ spans 2^ℓ pixels of the input. Counts the stride-1
+    convs only.
     """
     n = _check_counts(n)
     _check_int(k, "k (kernel size)", low=1)
-    return 1 + sum(2 ** ell * (k - 1) * n_ell for ell, n_ell in enumerate(n))   # (81)
+    return 1 + sum(2 ** ell * (k - 1) * n_ell for ell, n_ell in enumerate(n))  # (81)
 
 
 def R_unet_uniform(L: int, n: int) -> int:
-    """(82): R_unet = 1 + 2n(2^{L+1} − 1), (81) with k = 3 and n_ℓ = n on every level."""
+    """(82): R_unet = 1 + 2n(2^{L+1} − 1), (81) with k = 3 and n_ℓ = n on all levels."""
     _check_int(L, "L (number of downsamplings)")
     _check_int(n, "n (convs per level)", low=1)
     return 1 + 2 * n * (2 ** (L + 1) - 1)   # (82)
 
 
 def unet_condition(W: int, n: int) -> float:
-    """(83): the bound log₂((W − 1)/(2n) + 1) − 1 of Theorem 7.1 on the number of levels L."""
+    """(83): Theorem 7.1's bound log₂((W − 1)/(2n) + 1) − 1 on the number of levels."""
     _check_int(W, "W (image width)", low=1)
     _check_int(n, "n (convs per level)", low=1)
     return math.log2((W - 1) / (2 * n) + 1) - 1   # (83)
@@ -106,31 +110,32 @@ def unet_levels_needed(W: int, n: int) -> int:
 
 
 def unet_levels_to_reach(W: int, n: int) -> int:
-    """Smallest L for which an output pixel of the (81)-exact down path depends on all W columns.
+    """Smallest L for which a pixel of the (81)-exact down path reads all W columns.
 
-    Corrected reading of Theorem 7.1. With Downsample2DNearest, output pixel q of level L sits on
-    input column 2^L·q and sees [2^L q − h_L, 2^L q + h_L], h_L = (R_unet − 1)/2 = n(2^{L+1} − 1).
-    It covers [0, W − 1] iff a multiple of 2^L lies in [W − 1 − h_L, h_L]: R_unet ≥ W (83) is
-    necessary, and sufficient only when the 2^L grid hits that interval.
+    Corrected reading of Theorem 7.1. With Downsample2DNearest, output pixel q of level
+    L sits on input column 2^L·q and sees [2^L q − h_L, 2^L q + h_L], with
+    h_L = (R_unet − 1)/2 = n(2^{L+1} − 1). It covers [0, W − 1] iff a multiple of 2^L
+    lies in [W − 1 − h_L, h_L]: R_unet ≥ W (83) is necessary, and sufficient only when
+    the 2^L grid hits that interval.
     """
     _check_int(W, "W (image width)", low=1)
     _check_int(n, "n (convs per level)", low=1)
     L = 0
     while True:
         h = n * (2 ** (L + 1) - 1)
-        first = 2 ** L * max(0, -(-(W - 1 - h) // 2 ** L))    # the first centre 2^L·q ≥ W − 1 − h
+        first = 2 ** L * max(0, -(-(W - 1 - h) // 2 ** L))   # first 2^L·q ≥ W − 1 − h
         if first <= h:
             return L
         L += 1
 
 
 def R_encoder(n: Sequence[int], *, k: int = 3, k_down: int = 3) -> int:
-    """(81) corrected for a downsampler of kernel k_down: + Σ_{ℓ=0}^{L−1} 2^ℓ (k_down − 1).
+    """(81) corrected for a downsampler of kernel k_down: + Σ_{ℓ<L} 2^ℓ (k_down − 1).
 
-    The stride-2 downsampler from level ℓ to ℓ + 1 reads k_down neighbours at level ℓ, so it
-    widens the field by (k_down − 1)·2^ℓ input pixels, exactly as a stride-1 conv there would.
-    k_down = 1 (Downsample2DNearest, (21)) gives back (81); k_down = 3 is SD-1.5's Downsample2D;
-    k_down = 2 is average pooling (22).
+    The stride-2 downsampler from level ℓ to ℓ + 1 reads k_down neighbours at level ℓ,
+    so it widens the field by (k_down − 1)·2^ℓ input pixels, as a stride-1 conv there
+    would. k_down = 1 (Downsample2DNearest, (21)) gives back (81); k_down = 3 is
+    SD-1.5's Downsample2D; k_down = 2 is average pooling (22).
     """
     n = _check_counts(n)
     _check_int(k_down, "k_down (downsampler kernel size)", low=1)
@@ -413,124 +418,163 @@ def _check_pixel(ij) -> tuple[int, int]:
     return ij
 
 
-def measure_receptive_field(f: Callable[[torch.Tensor], torch.Tensor], input_shape, outputs=None, *,
-                            probes: int = 2, seed: int = 0, dtype=torch.float64, device="cpu",
-                            batched: bool = False):
-    """The exact receptive field of output pixels of f, by autograd.
-
-    f: (B, C, H, W) -> (B, C', H', W'), input_shape = (C, H, W); outputs: an (i, j) output pixel or
-    a list of them (0-based; default: the central one). For each output pixel (i, j) the mask is
-    {(u, v) : ∂s/∂X[c, u, v] ≠ 0 for some c}, s = Σ_{c'} r_{c'} Y[c', i, j], joined over
-    ``probes`` random inputs X. Returns one :class:`ReceptiveField` (a list for a list of pixels).
-
-    Why it is exact and robust. ∂s/∂X[c, u, v] ≠ 0 proves that s depends on pixel (u, v), so the
-    mask never holds too much. It could hold too little only by accident: (a) a derivative that
-    vanishes at this particular input (a dead ReLU; SiLU' = 0 at u ≈ −1.28) — a second random input
-    removes that, hence several probes, whose masks are joined; (b) terms cancelling in a sum — with
-    random weights, random inputs and random positive channel weights r_{c'} that has probability
-    zero, and where weights do cancel identically, f really does not depend on the pixel; (c) the
-    product of many small factors at the far edge of a field underflowing to 0 — float64 (the
-    default) reaches 1e−308, and ``min_abs_grad`` reports the smallest nonzero value seen.
-
-    Cost: one forward per probe and one backward per output pixel, the graph kept between them;
-    ``batched=True`` instead copies the input once per output pixel into the batch axis and seeds
-    copy m at pixel m: one forward and one backward for all pixels, exact when f treats the samples
-    of a batch independently (eval mode), and cheaper where per-call overhead dominates.
-    """
-    C, H, W = _check_shape(input_shape)
+def _check_outputs(outputs) -> tuple[bool, list | None]:
+    """(one pixel asked for?, the pixels asked for, or None for the central one)."""
     single = outputs is None or (isinstance(outputs, tuple) and len(outputs) == 2
                                  and all(isinstance(v, int) for v in outputs))
     given = None if outputs is None else [_check_pixel(outputs)] if single else \
         [_check_pixel(ij) for ij in outputs]
     if given == []:
-        raise ValueError("outputs is an empty list: name at least one output pixel (i, j)")
+        raise ValueError("outputs is an empty list: "
+                         "name at least one output pixel (i, j)")
+    return single, given
+
+
+def _forward(f: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor):
+    """Y = f(X) with autograd on; refuses a Y that is not (P, C', H', W') or not X's."""
+    P = X.shape[0]
+    try:
+        with torch.enable_grad():
+            Y = f(X)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise ValueError(f"f cannot take an input of shape {tuple(X.shape)}: {e}") \
+            from e
+    if not isinstance(Y, torch.Tensor) or Y.dim() != 4 or Y.shape[0] != P:
+        got = tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__
+        raise ValueError(f"f must return ({P}, C', H', W') for an input of batch {P}; "
+                         f"got {got}")
+    if not Y.requires_grad:    # (the identity returns X itself: a leaf, but X's)
+        raise ValueError("f's output does not depend on its input at all "
+                         "(no autograd path from X to Y)")
+    return Y
+
+
+def _output_pixels(given, out_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """The pixels asked for (default: the central one), checked to lie in the output."""
+    pixels = given or [(out_hw[0] // 2, out_hw[1] // 2)]
+    for ij in pixels:
+        if not (0 <= ij[0] < out_hw[0] and 0 <= ij[1] < out_hw[1]):
+            raise ValueError(f"output pixel {ij} lies outside the output, whose pixels "
+                             f"are (i, j) with 0 ≤ i < {out_hw[0]}, "
+                             f"0 ≤ j < {out_hw[1]}")
+    return pixels
+
+
+def _probe(f, x: torch.Tensor, given, P: int, g: torch.Generator, device):
+    """One probe at the input x (1, C, H, W): (pixels, (H', W'), gradients).
+
+    For each pixel (i, j), max over c of |∂s/∂X[c]|, (H, W), or None where autograd
+    finds no path; s = Σ_{c'} r_{c'} Y[c', i, j] with random r_{c'} ∈ [0.5, 1.5).
+    With P > 1, copy m of x is seeded at pixel m.
+    """
+    X = x.repeat(P, 1, 1, 1).to(device).requires_grad_(True)       # (P, C, H, W)
+    Y = _forward(f, X)                                              # (P, C', H', W')
+    pixels = _output_pixels(given, tuple(Y.shape[2:]))
+    r = torch.rand(Y.shape[1], generator=g, dtype=x.dtype).to(device) + 0.5   # r_{c'}
+    if P > 1:                  # one backward: copy m of the input is seeded at pixel m
+        s = sum((r * Y[m, :, i, j]).sum() for m, (i, j) in enumerate(pixels))
+        (G,) = torch.autograd.grad(s, X, allow_unused=True)
+        grads = [None if G is None else G[m] for m in range(P)]
+    else:                      # one backward per pixel, the graph kept between them
+        grads = []
+        for m, (i, j) in enumerate(pixels):
+            s = (r * Y[0, :, i, j]).sum()
+            (G,) = torch.autograd.grad(s, X, retain_graph=m < len(pixels) - 1,
+                                       allow_unused=True)
+            grads.append(None if G is None else G[0])
+    return pixels, tuple(Y.shape[2:]), [       # (C, H, W) -> (H, W)
+        None if G is None else G.detach().abs().amax(0).cpu().to(x.dtype)
+        for G in grads]
+
+
+# Why measure_receptive_field is exact and robust. ∂s/∂X[c, u, v] ≠ 0 proves that s
+# depends on pixel (u, v), so the mask never holds too much. It could hold too little
+# only by accident: (a) a derivative that vanishes at this particular input (a dead ReLU;
+# SiLU' = 0 at u ≈ −1.28) — a second random input removes that, hence several probes,
+# whose masks are joined; (b) terms cancelling in a sum — with random weights, random
+# inputs and random positive channel weights r_{c'} that has probability zero, and where
+# weights do cancel identically, f really does not depend on the pixel; (c) the product
+# of many small factors at the far edge of a field underflowing to 0 — float64 (the
+# default) reaches 1e−308, and ``min_abs_grad`` reports the smallest nonzero value seen.
+# Cost: one forward per probe and one backward per output pixel, the graph kept between
+# them; ``batched=True`` instead copies the input once per output pixel into the batch
+# axis and seeds copy m at pixel m: one forward and one backward for all pixels, exact
+# when f treats the samples of a batch independently (eval mode), and cheaper where
+# per-call overhead dominates.
+
+def measure_receptive_field(f: Callable[[torch.Tensor], torch.Tensor], input_shape,
+                            outputs=None, *, probes: int = 2, seed: int = 0,
+                            dtype=torch.float64, device="cpu", batched: bool = False):
+    """The exact receptive field of output pixels of f, by autograd.
+
+    f: (B, C, H, W) -> (B, C', H', W'), input_shape = (C, H, W); outputs: a pixel
+    (i, j) of the output, 0-based, or a list of them (default: the central one). For
+    each, the mask is {(u, v) : ∂s/∂X[c, u, v] ≠ 0 for some c}, s = Σ_{c'} r_{c'}
+    Y[c', i, j], joined over ``probes`` random inputs X. Returns a ReceptiveField (a
+    list for a list of pixels). ``batched=True``: one backward for all the pixels.
+    """
+    C, H, W = _check_shape(input_shape)
+    single, given = _check_outputs(outputs)
     _check_int(probes, "probes", low=1)
     P = len(given) if batched and given else 1
+    n = len(given) if given else 1
+    masks = [torch.zeros(H, W, dtype=torch.bool) for _ in range(n)]
+    mags = [torch.zeros(H, W, dtype=dtype) for _ in range(n)]    # max |∂s/∂X| seen
+    smallest = [math.inf] * n                                    # min nonzero |∂s/∂X|
     g = torch.Generator().manual_seed(seed)
-    pixels = out_hw = None
-    for probe in range(probes):
-        x = torch.randn(1, C, H, W, generator=g, dtype=dtype)
-        X = x.repeat(P, 1, 1, 1).to(device).requires_grad_(True)       # (P, C, H, W)
-        try:
-            with torch.enable_grad():
-                Y = f(X)
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:
-            raise ValueError(f"f cannot take an input of shape {tuple(X.shape)}: {e}") from e
-        if not isinstance(Y, torch.Tensor) or Y.dim() != 4 or Y.shape[0] != P:
-            raise ValueError(f"f must return ({P}, C', H', W') for an input of batch {P}; got "
-                             f"{tuple(Y.shape) if isinstance(Y, torch.Tensor) else type(Y).__name__}")
-        if not Y.requires_grad:            # (the identity returns X itself: a leaf, but it depends on X)
-            raise ValueError("f's output does not depend on its input at all (no autograd path from X to Y)")
-        if pixels is None:
-            out_hw = tuple(Y.shape[2:])
-            pixels = given or [(out_hw[0] // 2, out_hw[1] // 2)]
-            for ij in pixels:
-                if not (0 <= ij[0] < out_hw[0] and 0 <= ij[1] < out_hw[1]):
-                    raise ValueError(f"output pixel {ij} lies outside the output, whose pixels are "
-                                     f"(i, j) with 0 ≤ i < {out_hw[0]}, 0 ≤ j < {out_hw[1]}")
-            masks = [torch.zeros(H, W, dtype=torch.bool) for _ in pixels]
-            mags = [torch.zeros(H, W, dtype=dtype) for _ in pixels]
-            smallest = [math.inf] * len(pixels)
-        r = torch.rand(Y.shape[1], generator=g, dtype=dtype).to(device) + 0.5   # r_{c'} in [0.5, 1.5)
-        if P > 1:                      # copy m of the input is seeded at pixel m
-            s = sum((r * Y[m, :, i, j]).sum() for m, (i, j) in enumerate(pixels))
-            (G,) = torch.autograd.grad(s, X, allow_unused=True)
-            grads = [None if G is None else G[m] for m in range(P)]
-        else:
-            grads = []
-            for m, (i, j) in enumerate(pixels):
-                s = (r * Y[0, :, i, j]).sum()
-                (G,) = torch.autograd.grad(s, X, retain_graph=m < len(pixels) - 1, allow_unused=True)
-                grads.append(None if G is None else G[0])
-        del Y, X
-        for m, G in enumerate(grads):
-            if G is None:
+    for _ in range(probes):
+        x = torch.randn(1, C, H, W, generator=g, dtype=dtype)   # a random input X
+        pixels, out_hw, grads = _probe(f, x, given, P, g, device)
+        for m, a in enumerate(grads):                            # a = |∂s/∂X|: (H, W)
+            if a is None:
                 continue
-            a = G.detach().abs().amax(0).cpu().to(dtype)      # (C, H, W) -> (H, W)
-            masks[m] |= a > 0
+            masks[m] |= a > 0                     # (u, v) where some ∂s/∂X[c, u, v] ≠ 0
             mags[m] = torch.maximum(mags[m], a)
             if (a > 0).any():
                 smallest[m] = min(smallest[m], a[a > 0].min().item())
     fields = []
     for m, (i, j) in enumerate(pixels):
         if not masks[m].any():
-            raise ValueError(f"output pixel {(i, j)} depends on no input pixel: f's output does not "
-                             f"depend on its input there")
-        anchor = (i * H // out_hw[0], j * W // out_hw[1])
+            raise ValueError(f"output pixel {(i, j)} depends on no input pixel: "
+                             f"f's output does not depend on its input there")
+        anchor = (i * H // out_hw[0], j * W // out_hw[1])    # (i, j) on the input grid
         fields.append(ReceptiveField((i, j), masks[m], anchor, smallest[m], mags[m]))
     return fields[0] if single else fields
 
 
 @single_thread()
-def dependency_matrix(net: Callable[[torch.Tensor], torch.Tensor], *, width: int, channels: int = 2,
-                      height: int = 1, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
-    """D[q, u] = (output column q depends on input column u), for every q at once, by autograd.
+def dependency_matrix(net: Callable[[torch.Tensor], torch.Tensor], *, width: int,
+                      channels: int = 2, height: int = 1, seed: int = 0,
+                      dtype=torch.float64) -> torch.Tensor:
+    """D[q, u] = (output column q depends on input column u), for all q, by autograd.
 
-    One forward and one backward: the input is copied once per output column into the batch axis
-    and copy q seeds the gradient at column q only, which is exact for any f that treats the
-    samples of a batch independently (every network of this chapter in eval mode).
-    (height, width) input strip -> (W_out, width) bool.
+    One forward and one backward: the input is copied once per output column into the
+    batch axis and copy q seeds the gradient at column q only, which is exact for any f
+    that treats the samples of a batch independently (every network of this chapter in
+    eval mode). (height, width) input strip -> (W_out, width) bool.
     """
     _check_int(width, "width", low=1)
     g = torch.Generator().manual_seed(seed)
     X1 = torch.randn(1, channels, height, width, generator=g, dtype=dtype)
     with torch.no_grad():
         W_out = net(X1).shape[-1]
-    X = X1.repeat(W_out, 1, 1, 1).requires_grad_(True)       # (W_out, C, height, width)
-    Y = net(X)                                                # (W_out, C', H', W_out)
+    X = X1.repeat(W_out, 1, 1, 1).requires_grad_(True)      # (W_out, C, height, width)
+    Y = net(X)                                               # (W_out, C', H', W_out)
     r = torch.rand(Y.shape[1], generator=g, dtype=dtype) + 0.5
     q = torch.arange(W_out)
-    s = (r[None, :, None] * Y[q, :, :, q]).sum()              # copy q seeds output column q
+    s = (r[None, :, None] * Y[q, :, :, q]).sum()        # copy q seeds output column q
     (grad,) = torch.autograd.grad(s, X)
-    return grad.abs().amax(dim=(1, 2)) > 0                    # (W_out, C, height, width) -> (W_out, width)
+    D = grad.abs().amax(dim=(1, 2)) > 0   # (W_out, C, height, width) -> (W_out, width)
+    return D
 
 
 @single_thread()
-def smallest_reaching_L(W: int, build: Callable[[int], Callable], *, height: int = 1, max_L: int = 64) -> int:
-    """Brute force: the smallest L for which some output column of build(L) depends on all W input columns.
+def smallest_reaching_L(W: int, build: Callable[[int], Callable], *, height: int = 1,
+                        max_L: int = 64) -> int:
+    """Brute force: the smallest L for which an output column of build(L) reads all W.
 
-    build(L) returns the network with L layers (or levels); build(0) may return None for the
-    identity, which reaches everything only when W = 1.
+    build(L) returns the network with L layers (or levels); build(0) may return None
+    for the identity, which reaches everything only when W = 1.
     """
     for L in range(max_L + 1):
         net = build(L)

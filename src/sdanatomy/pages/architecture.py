@@ -54,44 +54,51 @@ def norm_params(C):
 
 
 def resnet_params(C_in, C_out, d_t=None, *, shortcut):
-    """ResnetBlock2D, Def. 6.15: norm1, conv1, time_emb_proj (none when d_t is None, as in the VAE),
-    norm2, conv2, and the 1×1 conv_shortcut that diffusers adds when C_in ≠ C_out."""
-    n = norm_params(C_in) + conv2d_params(C_in, C_out, 3) + norm_params(C_out) + conv2d_params(C_out, C_out, 3)
+    """ResnetBlock2D, Def. 6.15, as SD-1.5 builds it: norm1, conv1, time_emb_proj (none
+    when d_t is None, as in the VAE), norm2, conv2, and the 1×1 conv_shortcut that
+    diffusers adds when C_in ≠ C_out."""
+    n = (norm_params(C_in) + conv2d_params(C_in, C_out, 3)          # norm1, conv1
+         + norm_params(C_out) + conv2d_params(C_out, C_out, 3))     # norm2, conv2
     if d_t is not None:
-        n += linear_params(d_t, C_out)
+        n += linear_params(d_t, C_out)                              # time_emb_proj
     if shortcut:
-        n += conv2d_params(C_in, C_out, 1)
+        n += conv2d_params(C_in, C_out, 1)                          # conv_shortcut
     return n
 
 
 def resnet_params_as_printed(C_in, C_out, d_t):
-    """ResnetBlock2D with the Θ that Def. 6.15 lists: two Linear maps γ(h), β(h) for the affine
-    modulation (53)–(54), and the 1×1 shortcut (56) whatever the widths. (SD-1.5 has neither.)"""
-    return (norm_params(C_in) + conv2d_params(C_in, C_out, 3) + norm_params(C_out) + conv2d_params(C_out, C_out, 3)
-            + 2 * linear_params(d_t, C_out) + conv2d_params(C_in, C_out, 1))
+    """ResnetBlock2D with the Θ that Def. 6.15 lists: two Linear maps γ(h), β(h) for the
+    affine modulation (53)–(54), and the 1×1 shortcut (56) whatever the widths.
+    (SD-1.5 has neither.)"""
+    return (norm_params(C_in) + conv2d_params(C_in, C_out, 3)         # norm1, conv1
+            + norm_params(C_out) + conv2d_params(C_out, C_out, 3)     # norm2, conv2
+            + 2 * linear_params(d_t, C_out)                           # γ(h), β(h)
+            + conv2d_params(C_in, C_out, 1))                          # shortcut, always
 
 
 def attention_params(d_q, d_kv, *, qkv_bias):
-    """Attention (MultiheadAttention, Def. 6.14): to_q (d_q → d_q), to_k and to_v (d_kv → d_q),
-    to_out.0 (d_q → d_q, always with bias).
+    """Attention (MultiheadAttention, Def. 6.14): to_q (d_q → d_q), to_k and to_v
+    (d_kv → d_q), to_out.0 (d_q → d_q, always with bias).
 
     The heads split d_q = heads·d; they do not change the count.
     """
-    return (linear_params(d_q, d_q, bias=qkv_bias) + 2 * linear_params(d_kv, d_q, bias=qkv_bias)
-            + linear_params(d_q, d_q))
+    return (linear_params(d_q, d_q, bias=qkv_bias)            # to_q: W_Q
+            + 2 * linear_params(d_kv, d_q, bias=qkv_bias)     # to_k, to_v: W_K, W_V
+            + linear_params(d_q, d_q))                        # to_out.0: W_O, b_O
 
 
 def geglu_ff_params(C, mult=4):
-    """FeedForward with GEGLU: proj C → 2·mult·C (value and gate), then Linear mult·C → C."""
+    """FeedForward with GEGLU: proj C → 2·mult·C (value and gate), Linear mult·C → C."""
     return linear_params(C, 2 * mult * C) + linear_params(mult * C, C)
 
 
 def transformer_params(C, d_ctx):
-    """Transformer2DModel with one BasicTransformerBlock, as in SD-1.5: norm, proj_in (1×1),
-    [norm1, attn1 (self), norm2, attn2 (cross, keys and values from d_ctx), norm3, ff], proj_out (1×1)."""
-    block = (norm_params(C) + attention_params(C, C, qkv_bias=False)
-             + norm_params(C) + attention_params(C, d_ctx, qkv_bias=False)
-             + norm_params(C) + geglu_ff_params(C))
+    """Transformer2DModel with one BasicTransformerBlock, as in SD-1.5: norm, proj_in
+    (1×1), [norm1, attn1 (self), norm2, attn2 (cross, keys and values from d_ctx),
+    norm3, ff], proj_out (1×1)."""
+    block = (norm_params(C) + attention_params(C, C, qkv_bias=False)        # attn1
+             + norm_params(C) + attention_params(C, d_ctx, qkv_bias=False)  # attn2
+             + norm_params(C) + geglu_ff_params(C))                         # ff
     return norm_params(C) + conv2d_params(C, C, 1) + block + conv2d_params(C, C, 1)
 
 
@@ -112,12 +119,13 @@ def resnet_theta_table() -> Table:
 
 
 def vae_attention_params(C):
-    """The VAE's mid-block Attention (one head): group_norm, to_q, to_k, to_v, to_out.0, all with bias."""
+    """The VAE's mid-block Attention (one head): group_norm, to_q, to_k, to_v, to_out.0,
+    all with bias."""
     return norm_params(C) + attention_params(C, C, qkv_bias=True)
 
 
 def resample_params(C):
-    """Downsample2D (3×3, stride 2) or Upsample2D (nearest ×2, then 3×3): one C → C Conv2d."""
+    """Downsample2D (3×3, stride 2) or Upsample2D (nearest ×2, 3×3): a C → C Conv2d."""
     return conv2d_params(C, C, 3)
 
 

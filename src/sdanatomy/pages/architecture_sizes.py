@@ -71,7 +71,8 @@ def attempt(root: nn.Module, call):
 
 # ============================================================ §5.5: which latent sizes
 def unet_levels(H: int) -> list[int]:
-    """H at the U-Net's four levels as (14) predicts: each Downsample2D (k 3, s 2, p 1) gives ⌈H/2⌉."""
+    """H at the U-Net's four levels as (14) predicts: each Downsample2D (k = 3, s = 2,
+    p = 1) takes H to ⌈H/2⌉."""
     levels = [H]
     for _ in range(3):
         levels.append(conv_output_size(levels[-1], 3, 2, 1))
