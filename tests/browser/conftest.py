@@ -196,9 +196,15 @@ class Visit:
     screenshot: Path | None = None
 
 
-# Runs in the page once MathJax is done: math errors and leftovers, images, links, ids, the nav.
+# A <pre> may be this much wider than its box before it counts as scrolling sideways: scrollWidth
+# and clientWidth are rounded to whole pixels, and glyph advances add sub-pixel widths.
+PRE_SLACK_PX = 2
+
+# Runs in the page once MathJax is done: math errors and leftovers, images, links, ids, the nav,
+# and what does not fit the column (display equations, code and outputs).
 INSPECT = r"""
 async () => {
+  const PRE_SLACK_PX = __PRE_SLACK_PX__;   // set from Python below
   const imgs = Array.from(document.images);
   imgs.forEach(i => { i.loading = "eager"; });
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {
@@ -217,6 +223,34 @@ async () => {
     const m = n.textContent.match(tex);
     if (m) leftovers.push(n.textContent.slice(Math.max(0, m.index - 40), m.index + 60).trim());
   }
+  // Code and outputs (every <pre>, those in closed dropdowns opened for the measurement) wider
+  // than their box: the reader must scroll sideways. Each names its first line that does not fit.
+  function widePre() {
+    const closed = Array.from(document.querySelectorAll("details:not([open])"));
+    closed.forEach(d => { d.open = true; });
+    const ctx = document.createElement("canvas").getContext("2d");
+    const wide = [];
+    for (const pre of document.querySelectorAll("pre")) {
+      if (pre.offsetParent === null || pre.clientWidth === 0) continue;   // not shown
+      const column = pre.closest("article") || document.body;
+      const overflows = pre.scrollWidth > pre.clientWidth + PRE_SLACK_PX
+        || pre.getBoundingClientRect().right > column.getBoundingClientRect().right + PRE_SLACK_PX;
+      if (!overflows) continue;
+      const cs = getComputedStyle(pre);
+      ctx.font = cs.font || `${cs.fontSize} ${cs.fontFamily}`;
+      const room = Math.min(pre.clientWidth, column.getBoundingClientRect().right
+                            - pre.getBoundingClientRect().left)
+                   - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      const lines = pre.textContent.split("\n");
+      const line = lines.find(l => ctx.measureText(l).width > room + PRE_SLACK_PX)
+                   || lines.reduce((a, b) => (b.length > a.length ? b : a), "");
+      const at = pre.closest("[id]");
+      wide.push({at: at ? at.id : "", width: pre.scrollWidth, room: pre.clientWidth,
+                 line: line.slice(0, 70)});
+    }
+    closed.forEach(d => { d.open = false; });
+    return wide;
+  }
   return {
     title: document.title,
     has_mathjax: !!window.MathJax,
@@ -232,6 +266,7 @@ async () => {
              || e.getBoundingClientRect().right > column.getBoundingClientRect().right + 2;
     }).map(e => { const at = e.closest("[id]"); return (at ? "#" + at.id + ": " : "") +
                   (e.getAttribute("aria-label") || e.textContent).slice(0, 80); }),
+    wide_pre: widePre(),
     images: imgs.map(i => ({src: i.getAttribute("src"), url: i.currentSrc || i.src,
                             ok: i.complete && i.naturalWidth > 0})),
     objects: Array.from(document.querySelectorAll("object[data], embed[src], iframe[src]"),
@@ -246,7 +281,7 @@ async () => {
     nav: Array.from(document.querySelectorAll("nav.bd-docs-nav a[href]"), a => a.href),
   };
 }
-"""
+""".replace("__PRE_SLACK_PX__", str(PRE_SLACK_PX))
 
 
 def _redirects(file: Path) -> bool:

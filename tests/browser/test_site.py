@@ -1,10 +1,12 @@
 """The website as its readers see it: every page loaded in headless Chromium (fixtures: conftest.py).
 
-A page fails on a MathJax error or TeX left unrendered, an image, SVG or other resource that did
-not load, a console or JavaScript error, a request that tried to leave the machine, or an
-internal link or cross-reference that leads nowhere. The site fails when a page of _toc.yml is
-missing from the navigation, a page exists outside it, or the search does not find a term
-that a chapter contains. One screenshot per chapter is saved beside the site.
+A page fails on a MathJax error or TeX left unrendered, a display equation or a block of code
+or output (any <pre>) wider than the column, which the reader would have to scroll sideways, an
+image, SVG or other resource that did not load, a console or JavaScript error, a request that
+tried to leave the machine, or an internal link or cross-reference that leads nowhere; a page
+made too wide on purpose proves that the sideways check can fail. The site fails when a page of
+_toc.yml is missing from the navigation, a page exists outside it, or the search does not find a
+term that a chapter contains. One screenshot per chapter is saved beside the site.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VIEWPORT_WIDTH
+from conftest import PRE_SLACK_PX, VIEWPORT_WIDTH, visit
 
 # Pages Sphinx generates besides the chapters: the root redirect, the indices, the search page.
 GENERATED = {"index.html", "genindex.html", "search.html", "prf-prf.html", "py-modindex.html"}
@@ -63,6 +65,13 @@ def _redirected(v, server) -> bool:
     return True
 
 
+def _wide_code(d) -> list[str]:
+    """Every <pre> (code or output) that scrolls sideways, with its first line that does not fit."""
+    return [f"code or output wider than its box ({VIEWPORT_WIDTH} px window, {w['width']} > "
+            f"{w['room']} + {PRE_SLACK_PX} px){' at #' + w['at'] if w['at'] else ''}: {w['line']!r}"
+            for w in d["wide_pre"]]
+
+
 def test_page_renders_cleanly(page, visits, server):
     v = visits(page)
     if _redirected(v, server):
@@ -72,6 +81,7 @@ def test_page_renders_cleanly(page, visits, server):
     problems += [f"math left unrendered: {t!r}" for t in d["unrendered"]]
     problems += [f"TeX source left in the text: {t!r}" for t in d["leftovers"]]
     problems += [f"equation wider than the column ({VIEWPORT_WIDTH} px window): {t!r}" for t in d["too_wide"]]
+    problems += _wide_code(d)
     problems += [f"image did not load: {i['src']}" for i in d["images"] if not i["ok"]]
     for o in d["objects"]:
         target = _site_path(server, o["url"])
@@ -82,6 +92,31 @@ def test_page_renders_cleanly(page, visits, server):
     problems += [f"console error: {e}" for e in v.console_errors]
     problems += [f"tried to leave the machine (blocked): {u}" for u in v.blocked]
     assert not problems, f"{page} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+
+
+# A page that scrolls sideways on purpose: one <pre> too wide for a 700 px column (in a closed
+# dropdown, as the book's solutions are), one that fits. It is served under the site's own origin
+# (a route of the browser, not a file in the site) and inspected by the same visit().
+_PROBE = "_probe/wide_pre.html"
+_PROBE_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>probe</title></head>
+<body><article style="width: 700px"><section id="fits"><pre>short = 1</pre></section>
+<details><summary>solution</summary><section id="too-wide"><pre>ok = 2
+WIDE_LINE = [{}]
+</pre></section></details></article></body></html>
+""".format(", ".join(["1234567"] * 40))
+
+
+def test_wide_code_is_reported(browser):
+    """The sideways check can fail: it names the over-wide <pre> and its line, not the one that fits."""
+    url = browser.base + _PROBE
+    route = lambda r: r.fulfill(status=200, content_type="text/html; charset=utf-8", body=_PROBE_HTML)
+    browser.context.route(url, route)   # the latest route is tried first
+    try:
+        problems = _wide_code(visit(browser, _PROBE).dom)
+    finally:
+        browser.context.unroute(url, route)
+    assert len(problems) == 1, problems
+    assert "at #too-wide: 'WIDE_LINE = [1234567, " in problems[0], problems
 
 
 def test_links_lead_somewhere(page, visits, server):
