@@ -80,13 +80,19 @@ def _per_example(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def q_sample(schedule: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-    """x_t ~ q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε. x0, eps (B, …); t (B,)."""
+def q_sample(schedule: Schedule, x0: torch.Tensor, t,
+             eps: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
+
+    x0, eps: (B, …); t: (B,)
+    """
     if x0.shape != eps.shape:
-        raise ValueError(f"x0 and eps must have the same shape; got {tuple(x0.shape)} and {tuple(eps.shape)}")
+        raise ValueError(f"x0 and eps must have the same shape; "
+                         f"got {tuple(x0.shape)} and {tuple(eps.shape)}")
     t = schedule.check_t(t).reshape(-1)
     if len(t) != x0.shape[0]:
-        raise ValueError(f"one timestep per example: {len(t)} timesteps for a batch of {x0.shape[0]}")
+        raise ValueError(f"one timestep per example: {len(t)} timesteps for a batch of "
+                         f"{x0.shape[0]}")
     a = schedule.alpha_bars[t]
     return _per_example(a.sqrt(), x0) * x0 + _per_example((1 - a).sqrt(), x0) * eps
 
@@ -104,24 +110,29 @@ def q_step(schedule: Schedule, x_prev: torch.Tensor, t, eps: torch.Tensor) -> to
 
 # --- the noise-estimation loss (6) and the one training loop ----------------------------
 
-def noise_estimation_loss(eps_hat: NoiseEstimator, x0: torch.Tensor, c=None, *, schedule: Schedule,
+def noise_estimation_loss(eps_hat: NoiseEstimator, x0: torch.Tensor, c=None, *,
+                          schedule: Schedule,
                           generator: torch.Generator | None = None) -> torch.Tensor:
-    """(6) on one batch: mean over i of ‖ε⁽ⁱ⁾ − ε̂_θ(ζ⁽ⁱ⁾, c⁽ⁱ⁾, t⁽ⁱ⁾)‖², ζ⁽ⁱ⁾ = q_sample(x0⁽ⁱ⁾, t⁽ⁱ⁾, ε⁽ⁱ⁾).
+    """(6) on one batch: the mean over i of ‖ε⁽ⁱ⁾ − ε̂_θ(ζ⁽ⁱ⁾, c⁽ⁱ⁾, t⁽ⁱ⁾)‖².
 
-    The lecture sums over the m examples; the mean divides by m, which changes the scale of the
-    objective but not its minimiser. t is uniform on {0, …, T−1}, ε standard normal.
+    ζ⁽ⁱ⁾ = q_sample(x0⁽ⁱ⁾, t⁽ⁱ⁾, ε⁽ⁱ⁾), t uniform on {0, …, T−1}, ε standard normal.
+    The lecture sums over the m examples; the mean divides by m, which changes the
+    scale of the objective but not its minimiser.
     """
     B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), generator=generator, device="cpu").to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
-    zeta = q_sample(schedule, x0, t, eps)
-    prediction = eps_hat(zeta, t, c)
+    t = torch.randint(0, schedule.T, (B,), generator=generator,
+                      device="cpu").to(x0.device)                     # t⁽ⁱ⁾
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                      device="cpu").to(x0.device)                     # ε⁽ⁱ⁾
+    zeta = q_sample(schedule, x0, t, eps)          # ζ = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+    prediction = eps_hat(zeta, t, c)               # the network, called: nothing more
     if prediction.shape != eps.shape:
-        raise ValueError(f"the noise estimator must return the shape of its input {tuple(eps.shape)}; "
-                         f"got {tuple(prediction.shape)}")
-    loss = (eps - prediction).pow(2).flatten(1).sum(1).mean()   # (6), averaged over the batch
+        raise ValueError(f"the noise estimator must return the shape of its input "
+                         f"{tuple(eps.shape)}; got {tuple(prediction.shape)}")
+    loss = (eps - prediction).pow(2).flatten(1).sum(1).mean()   # (6), batch mean
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"the noise-estimation loss is not finite ({loss.item()}): "
+        raise FloatingPointError(f"the noise-estimation loss is not finite "
+                                 f"({loss.item()}): "
                                  "lower the learning rate or check the data")
     return loss
 
@@ -177,41 +188,57 @@ def _checked_eps(eps_hat, x, t, c):
     return eps
 
 
-def ddpm_step(schedule: Schedule, eps: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None):
-    """One ancestral step x_t -> x_{t−1} (Ho et al., 2020), with the 'fixed small' variance β̃_t.
+def ddpm_step(schedule: Schedule, eps: torch.Tensor, t: int, x: torch.Tensor,
+              noise: torch.Tensor | None):
+    """One ancestral step x_t -> x_{t−1} (Ho et al., 2020), 'fixed small' variance β̃_t.
 
-    x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t;  μ = √ᾱ_{t−1} β_t/(1−ᾱ_t) x̂_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) x_t;
-    x_{t−1} = μ + √β̃_t z, β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t, and no noise at t = 0.
+    x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,
+    μ = √ᾱ_{t−1} β_t/(1−ᾱ_t) x̂_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) x_t,
+    x_{t−1} = μ + √β̃_t z with β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t; no noise at t = 0.
 
     §3.1, eq. (6): a sequential algorithm that the ε̂_θ trained by (6) is inserted into.
     Ledger: ``ledger.where("(6)")``.
     """
     t = int(schedule.check_t(t))
     a_t = schedule.alpha_bars[t]
-    a_prev = schedule.alpha_bars[t - 1] if t > 0 else torch.ones((), dtype=torch.float64)
+    if t > 0:
+        a_prev = schedule.alpha_bars[t - 1]                                # ᾱ_{t−1}
+    else:
+        a_prev = torch.ones((), dtype=torch.float64)
     beta_t = 1 - a_t / a_prev
-    x0_hat = (x - (1 - a_t).sqrt().item() * eps) / a_t.sqrt().item()
-    mean = (a_prev.sqrt() * beta_t / (1 - a_t)).item() * x0_hat + \
-           ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)).item() * x
+    x0_hat = (x - (1 - a_t).sqrt().item() * eps) / a_t.sqrt().item()       # x̂_0
+    c_x0 = (a_prev.sqrt() * beta_t / (1 - a_t)).item()             # of x̂_0 in μ
+    c_xt = ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)).item()   # of x_t in μ
+    mean = c_x0 * x0_hat + c_xt * x                                        # μ
     if t == 0:
         return mean
-    variance = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)
+    variance = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)        # β̃_t
     return mean + variance.sqrt().item() * noise
 
 
 def ddpm_sample(eps_hat: NoiseEstimator, shape, c=None, *, schedule: Schedule,
-                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                keep_every: int = 0, dtype=torch.float32, device="cpu"):
-    """Ancestral sampling from x_T ~ N(0, I) through all T steps. Returns x_0, or (x_0, [(t, x_t), …])
-    when ``keep_every`` > 0 (the intermediate states every ``keep_every`` steps)."""
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) if x_T is None else x_T
+                generator: torch.Generator | None = None,
+                x_T: torch.Tensor | None = None, keep_every: int = 0,
+                dtype=torch.float32, device="cpu"):
+    """Ancestral sampling from x_T ~ N(0, I) through all T steps.
+
+    Returns x_0, or (x_0, [(t, x_t), …]) when ``keep_every`` > 0 (the intermediate
+    states every ``keep_every`` steps).
+    """
+    if x_T is None:
+        x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    else:
+        x = x_T
     kept = []
     with torch.no_grad():
         for t in reversed(range(schedule.T)):
             if keep_every and t % keep_every == 0:
                 kept.append((t, x.clone()))
             eps = _checked_eps(eps_hat, x, t, c)
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) if t > 0 else None
+            noise = None
+            if t > 0:
+                noise = torch.randn(x.shape, generator=generator,
+                                    dtype=x.dtype).to(device)
             x = ddpm_step(schedule, eps, t, x, noise)
     return (x, kept) if keep_every else x
 
@@ -224,21 +251,27 @@ def ddim_timesteps(schedule: Schedule, num_steps: int, steps_offset: int = 0) ->
     return [i * k + steps_offset for i in reversed(range(num_steps))]
 
 
-def ddim_step(schedule: Schedule, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, *,
-              eta: float = 0.0, noise: torch.Tensor | None = None, final_alpha_bar: float = 1.0):
-    """One DDIM step x_t -> x_{t_prev} (Song et al., 2021); η = 0 is deterministic, η = 1 is DDPM-like.
+def ddim_step(schedule: Schedule, eps: torch.Tensor, t: int, t_prev: int,
+              x: torch.Tensor, *, eta: float = 0.0, noise: torch.Tensor | None = None,
+              final_alpha_bar: float = 1.0):
+    """One DDIM step x_t -> x_{t_prev} (Song et al., 2021); η = 0 is deterministic.
 
     x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t,  σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev),
-    x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z;  ᾱ_prev = ``final_alpha_bar`` when t_prev < 0.
+    x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z; η = 1 is DDPM-like.
+    ᾱ_prev = ``final_alpha_bar`` when t_prev < 0.
 
     §3.1, eq. (6): a sequential algorithm that the ε̂_θ trained by (6) is inserted into.
     Ledger: ``ledger.where("(6)")``.
     """
     a_t = schedule.alpha_bars[int(schedule.check_t(t))]
-    a_prev = schedule.alpha_bars[t_prev] if t_prev >= 0 else torch.tensor(final_alpha_bar, dtype=torch.float64)
-    x0_hat = (x - (1 - a_t).sqrt().item() * eps) / a_t.sqrt().item()
+    if t_prev >= 0:
+        a_prev = schedule.alpha_bars[t_prev]
+    else:
+        a_prev = torch.tensor(final_alpha_bar, dtype=torch.float64)
+    x0_hat = (x - (1 - a_t).sqrt().item() * eps) / a_t.sqrt().item()       # x̂_0
     sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
-    x_prev = a_prev.sqrt().item() * x0_hat + (1 - a_prev - sigma ** 2).sqrt().item() * eps
+    x_prev = (a_prev.sqrt().item() * x0_hat
+              + (1 - a_prev - sigma ** 2).sqrt().item() * eps)
     if eta > 0:
         if noise is None:
             raise ValueError("a DDIM step with eta > 0 needs noise")
@@ -246,14 +279,22 @@ def ddim_step(schedule: Schedule, eps: torch.Tensor, t: int, t_prev: int, x: tor
     return x_prev
 
 
-def ddim_sample(eps_hat: NoiseEstimator, shape, c=None, *, schedule: Schedule, num_steps: int = 50,
-                eta: float = 0.0, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                final_alpha_bar: float = 1.0, steps_offset: int = 0, keep_every: int = 0,
+def ddim_sample(eps_hat: NoiseEstimator, shape, c=None, *, schedule: Schedule,
+                num_steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None,
+                x_T: torch.Tensor | None = None, final_alpha_bar: float = 1.0,
+                steps_offset: int = 0, keep_every: int = 0,
                 dtype=torch.float32, device="cpu"):
-    """DDIM sampling over ``num_steps`` of the T timesteps. Returns x_0, or (x_0, [(t, x_t), …])."""
+    """DDIM sampling over ``num_steps`` of the T timesteps.
+
+    Returns x_0, or (x_0, [(t, x_t), …]) when ``keep_every`` > 0.
+    """
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) if x_T is None else x_T
+    if x_T is None:
+        x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    else:
+        x = x_T
     steps = ddim_timesteps(schedule, num_steps, steps_offset)
     kept = []
     with torch.no_grad():
@@ -261,9 +302,12 @@ def ddim_sample(eps_hat: NoiseEstimator, shape, c=None, *, schedule: Schedule, n
             if keep_every and i % keep_every == 0:
                 kept.append((t, x.clone()))
             eps = _checked_eps(eps_hat, x, t, c)
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) if eta > 0 else None
-            x = ddim_step(schedule, eps, t, t - schedule.T // num_steps, x, eta=eta, noise=noise,
-                          final_alpha_bar=final_alpha_bar)
+            noise = None
+            if eta > 0:
+                noise = torch.randn(x.shape, generator=generator,
+                                    dtype=x.dtype).to(device)
+            x = ddim_step(schedule, eps, t, t - schedule.T // num_steps, x, eta=eta,
+                          noise=noise, final_alpha_bar=final_alpha_bar)
     return (x, kept) if keep_every else x
 
 
@@ -281,11 +325,12 @@ def guided(eps_hat: NoiseEstimator, null_c, w: float) -> NoiseEstimator:
 
 # --- the VAE objective (7)-(12) ----------------------------------------------------------
 
-def reparameterize(mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def reparameterize(mu: torch.Tensor, sigma: torch.Tensor,
+                   eps: torch.Tensor) -> torch.Tensor:
     """(10): z_ε = μ(X) + σ(X) ⊙ ε."""
     if not (mu.shape == sigma.shape == eps.shape):
-        raise ValueError(f"μ, σ and ε must have one shape; got {tuple(mu.shape)}, {tuple(sigma.shape)}, "
-                         f"{tuple(eps.shape)}")
+        raise ValueError(f"μ, σ and ε must have one shape; got {tuple(mu.shape)}, "
+                         f"{tuple(sigma.shape)}, {tuple(eps.shape)}")
     if not bool((sigma > 0).all()):
         raise ValueError("σ(X) must be positive in every component, (8)")
     return mu + sigma * eps
@@ -303,17 +348,20 @@ def vae_objective(encoder: Callable, decoder: Callable, X: torch.Tensor, *, beta
                   generator: torch.Generator | None = None):
     """(12) on a batch, the expectation over ε estimated with one sample per image.
 
-    ``encoder(X) -> (μ, σ)`` is (7)–(8), ``decoder(z)`` is Dec_ν of (11); ℓ is the squared error
-    summed over pixels. Returns (loss, reconstruction term, regularisation term), batch means.
+    ``encoder(X) -> (μ, σ)`` is (7)–(8), ``decoder(z)`` is Dec_ν of (11); ℓ is the
+    squared error summed over pixels. Returns (loss, reconstruction, regularisation),
+    batch means.
     """
     mu, sigma = encoder(X)
-    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu").to(mu.device)
-    X_hat = decoder(reparameterize(mu, sigma, eps))   # (10)-(11)
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype,
+                      device="cpu").to(mu.device)
+    X_hat = decoder(reparameterize(mu, sigma, eps))        # (10)–(11)
     if X_hat.shape != X.shape:
-        raise ValueError(f"the decoder must return the input's shape {tuple(X.shape)}; got {tuple(X_hat.shape)}")
-    reconstruction = (X - X_hat).pow(2).flatten(1).sum(1).mean()
-    regularisation = regularizer(mu, sigma).mean()
-    loss = reconstruction + beta * regularisation   # (12)
+        raise ValueError(f"the decoder must return the input's shape {tuple(X.shape)}; "
+                         f"got {tuple(X_hat.shape)}")
+    reconstruction = (X - X_hat).pow(2).flatten(1).sum(1).mean()   # E_ε[ℓ(X, X̂_ε)]
+    regularisation = regularizer(mu, sigma).mean()   # Σ_i (μ_i² + σ_i² − log σ_i² − 1)
+    loss = reconstruction + beta * regularisation                  # (12)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"the VAE objective is not finite ({loss.item()})")
     return loss, reconstruction, regularisation

@@ -1,19 +1,21 @@
-"""Layers, lecture §4 and §6.1–6.7, §6.11: every non-attention layer of SD-1.5 as a function of Θ.
+"""Layers, lecture §4, §6.1–6.7, §6.11: every non-attention layer of SD-1.5 as f(Θ, X).
 
 Each definition of the lecture is a pure function ``f(theta, X, *, hyperparameters)``:
 
-* ``theta`` is the layer's Θ, a dict of tensors keyed exactly as the torch/diffusers module's
-  ``state_dict()`` (``{"weight", "bias"}`` for a Conv2d, ``{"conv.weight", "conv.bias"}`` for
-  diffusers' Downsample2D/Upsample2D);
-* the lecture's superscript hyperparameters (stride, padding, groups, ε, τ) are keyword-only;
+* ``theta`` is the layer's Θ, a dict of tensors keyed exactly as the torch/diffusers
+  module's ``state_dict()`` (``{"weight", "bias"}`` for a Conv2d, ``{"conv.weight",
+  "conv.bias"}`` for diffusers' Downsample2D/Upsample2D);
+* the lecture's superscript hyperparameters (stride, padding, groups, ε, τ) are
+  keyword-only;
 * an image is the lecture's X ∈ R^{C×H×W} or a batch of them, (B, C, H, W).
 
-Where a vectorised line hides the formula, a slow ``*_literal`` twin sums it term by term with the
-lecture's indices, for tiny inputs. Where the lecture's formula, read literally, is not what SD-1.5
-computes, the literal reading is kept beside the corrected one (``conv2d_as_printed``) and both are
-rows of the ledger (``sdanatomy.ledger.layers``). The timestep embedding (28)–(29) lives in
-``sdanatomy.lecture.embeddings``; ``scaled_dot_product_attention`` and ``multihead_attention``
-(§6.8, (30)–(33)) live in ``sdanatomy.lecture.attention``.
+Where a vectorised line hides the formula, a slow ``*_literal`` twin sums it term by
+term with the lecture's indices, for tiny inputs. Where the lecture's formula, read
+literally, is not what SD-1.5 computes, the literal reading is kept beside the corrected
+one (``conv2d_as_printed``) and both are rows of the ledger
+(``sdanatomy.ledger.layers``). The timestep embedding (28)–(29) lives in
+``sdanatomy.lecture.embeddings``; ``scaled_dot_product_attention`` and
+``multihead_attention`` (§6.8, (30)–(33)) live in ``sdanatomy.lecture.attention``.
 """
 from __future__ import annotations
 
@@ -26,22 +28,22 @@ import torch.nn.functional as F
 from sdanatomy.lecture.notation import to_torch_index
 
 __all__ = [
-    "conv_output_size", "conv2d", "conv2d_literal", "conv2d_as_printed",                    # 6.1
-    "linear", "silu", "softmax", "softmax_literal",                                          # 6.2–6.3
-    "group_norm", "group_norm_literal",                                                      # 6.4
-    "downsample_2d", "downsample_2d_nearest", "downsample_2d_average", "interpolate_nearest",  # 6.5
-    "upsample_2d", "upsample_2d_transposed_kernel",
-    "concat",                                                                                # 6.6
-    "conv1x1", "rgb_head", "sub",                                                            # 6.11
+    "conv_output_size", "conv2d", "conv2d_literal", "conv2d_as_printed",      # 6.1
+    "linear", "silu", "softmax", "softmax_literal",                           # 6.2–6.3
+    "group_norm", "group_norm_literal",                                       # 6.4
+    "downsample_2d", "downsample_2d_nearest", "downsample_2d_average",        # 6.5
+    "interpolate_nearest", "upsample_2d", "upsample_2d_transposed_kernel",
+    "concat",                                                                 # 6.6
+    "conv1x1", "rgb_head", "sub",                                             # 6.11
 ]
 
 # GroupNorm's ε in SD-1.5, read off the diffusers modules (see the chapter's table):
 EPS_UNET = 1e-5         # U-Net: every ResnetBlock2D and conv_norm_out (config norm_eps)
-EPS_TRANSFORMER = 1e-6  # U-Net: the GroupNorm that opens each Transformer2DModel (hard-coded)
-EPS_VAE = 1e-6          # VAE decoder: every GroupNorm (hard-coded resnet_eps and conv_norm_out)
+EPS_TRANSFORMER = 1e-6  # U-Net: the GroupNorm opening each Transformer2DModel (fixed)
+EPS_VAE = 1e-6          # VAE decoder: every GroupNorm (fixed resnet_eps, conv_norm_out)
 
 
-# --- checks at the door ------------------------------------------------------------------
+# --- checks at the door ---------------------------------------------------------------
 
 def _check_theta(theta, layer: str, where: str, required, optional=()) -> None:
     if not isinstance(theta, Mapping):
@@ -86,13 +88,14 @@ def sub(theta: Mapping, prefix: str) -> dict:
     return {k[len(prefix) + 1:]: v for k, v in theta.items() if k.startswith(prefix + ".")}
 
 
-# --- 6.1 Conv2d (13)–(14) ------------------------------------------------------------------
+# --- 6.1 Conv2d (13)–(14) -------------------------------------------------------------
 
 def conv_output_size(H: int, k: int, s: int, p: int) -> int:
-    """H' = ⌊(H − k + 2p)/s⌋ + 1, Def. 6.1; needs a kernel that fits the padded input, k ≤ H + 2p."""
+    """H' = ⌊(H − k + 2p)/s⌋ + 1, Def. 6.1; needs a kernel that fits, k ≤ H + 2p."""
     if k > H + 2 * p:
-        raise ValueError(f"Conv2d needs a kernel no larger than the padded input, k ≤ H + 2p "
-                         f"(so that H' ≥ 1, Def. 6.1); got k={k}, H={H}, p={p}")
+        raise ValueError(f"Conv2d needs a kernel no larger than the padded input, "
+                         f"k ≤ H + 2p (so that H' ≥ 1, Def. 6.1); "
+                         f"got k={k}, H={H}, p={p}")
     return (H - k + 2 * p) // s + 1
 
 
@@ -121,50 +124,57 @@ def _conv_setup(theta, X, stride, padding, bias, layer="Conv2d"):
     return X4, Wk, b, (s_h, s_w), (p_h, p_w), (H_out, W_out), single
 
 
-def conv2d(theta: Mapping, X: torch.Tensor, *, stride=1, padding=0, bias: bool = True) -> torch.Tensor:
-    """Conv2d^(k_h,k_w; s_h,s_w; p_h,p_w), Def. 6.1, eq. (14), vectorised. Mirrors torch.nn.functional.conv2d.
+def conv2d(theta: Mapping, X: torch.Tensor, *, stride=1, padding=0,
+           bias: bool = True) -> torch.Tensor:
+    """Conv2d^(k_h,k_w; s_h,s_w; p_h,p_w), Def. 6.1, eq. (14), vectorised; as F.conv2d.
 
     X: (B, C_in, H, W) or (C_in, H, W) -> (B, C_out, H', W')
     theta: weight (C_out, C_in, k_h, k_w), bias (C_out,)
     Zero padding, no dilation, no channel groups: the only Conv2d SD-1.5 uses.
     """
-    X4, Wk, b, (s_h, s_w), (p_h, p_w), _, single = _conv_setup(theta, X, stride, padding, bias)
+    X4, Wk, b, (s_h, s_w), (p_h, p_w), _, single = _conv_setup(
+        theta, X, stride, padding, bias)
     k_h, k_w = Wk.shape[-2:]
-    Xp = F.pad(X4, (p_w, p_w, p_h, p_h))                      # zeros off the image: (B, C_in, H+2p_h, W+2p_w)
-    patches = Xp.unfold(2, k_h, s_h).unfold(3, k_w, s_w)      # (B, C_in, H', W', k_h, k_w): window (i, j)
+    Xp = F.pad(X4, (p_w, p_w, p_h, p_h))        # zero padding: (B, C_in, H + 2p_h, …)
+    patches = Xp.unfold(2, k_h, s_h).unfold(3, k_w, s_w)   # (B, C_in, H', W', k_h, k_w)
     # (14), 0-based: Y[o,i,j] = b_o + Σ_{c,u,v} W^(o)[c,u,v] · Xp[c, i·s_h+u, j·s_w+v]
     Y = torch.einsum("ocuv,bcijuv->boij", Wk, patches) + b[:, None, None]
     return Y[0] if single else Y
 
 
 def _conv2d_loops(theta, X, stride, padding, bias, first: int) -> torch.Tensor:
-    """(14) term by term with 1-based c, u, v, i, j; input row (i − first)·s_h + u − p_h (1-based)."""
-    X4, Wk, b, (s_h, s_w), (p_h, p_w), (H_out, W_out), single = _conv_setup(theta, X, stride, padding, bias)
+    """(14) term by term, every index 1-based; window i starts at row (i − first)·s_h.
+
+    The lecture's X has no batch axis; a batch rides along on the first axis of X4, Y.
+    """
+    X4, Wk, b, (s_h, s_w), (p_h, p_w), (H_out, W_out), single = _conv_setup(
+        theta, X, stride, padding, bias)
     B, C_in, H, W = X4.shape
     C_out, _, k_h, k_w = Wk.shape
     Y = X4.new_empty(B, C_out, H_out, W_out)
-    for n in range(B):
-        for o in range(1, C_out + 1):
-            for i in range(1, H_out + 1):
-                for j in range(1, W_out + 1):
-                    y = b[o - 1]
-                    for c in range(1, C_in + 1):
-                        for u in range(1, k_h + 1):
-                            for v in range(1, k_w + 1):
-                                r = (i - first) * s_h + u - p_h          # the row (14) reads, 1-based
-                                q = (j - first) * s_w + v - p_w          # the column, 1-based
-                                if 1 <= r <= H and 1 <= q <= W:          # else in the zero padding
-                                    y = y + Wk[o - 1, c - 1, u - 1, v - 1] * X4[n, c - 1, to_torch_index(r, H),
-                                                                                to_torch_index(q, W)]
-                    Y[n, o - 1, i - 1, j - 1] = y
+    for o in range(1, C_out + 1):
+        for i in range(1, H_out + 1):
+            for j in range(1, W_out + 1):
+                y = b[o - 1]                                      # b_o
+                for c in range(1, C_in + 1):
+                    for u in range(1, k_h + 1):
+                        for v in range(1, k_w + 1):
+                            r = (i - first) * s_h + u - p_h       # the row (14) reads
+                            q = (j - first) * s_w + v - p_w       # and its column
+                            if 1 <= r <= H and 1 <= q <= W:       # else: zero padding
+                                w = Wk[o - 1, c - 1, u - 1, v - 1]      # W^(o)_{c,u,v}
+                                x = X4[:, c - 1, to_torch_index(r, H),
+                                       to_torch_index(q, W)]            # X_{c,r,q}
+                                y = y + w * x
+                Y[:, o - 1, i - 1, j - 1] = y                     # Y_{o,i,j}
     return Y[0] if single else Y
 
 
 def conv2d_literal(theta: Mapping, X: torch.Tensor, *, stride=1, padding=0,
                    bias: bool = True) -> torch.Tensor:
-    """(14) corrected, summed literally with the lecture's 1-based indices (tiny inputs only):
+    """(14) corrected, summed literally with the lecture's 1-based indices (tiny X):
 
-    Y_{o,i,j} = b_o + Σ_{c=1}^{C_in} Σ_{u=1}^{k_h} Σ_{v=1}^{k_w} W^(o)_{c,u,v} X_{c, r, q},
+    Y_{o,i,j} = b_o + Σ_{c=1}^{C_in} Σ_{u=1}^{k_h} Σ_{v=1}^{k_w} W^(o)_{c,u,v} X_{c,r,q}
     r = (i−1)s_h + u − p_h,  q = (j−1)s_w + v − p_w
     """
     return _conv2d_loops(theta, X, stride, padding, bias, first=1)
@@ -172,14 +182,14 @@ def conv2d_literal(theta: Mapping, X: torch.Tensor, *, stride=1, padding=0,
 
 def conv2d_as_printed(theta: Mapping, X: torch.Tensor, *, stride=1, padding=0,
                       bias: bool = True) -> torch.Tensor:
-    """(14) exactly as printed, every index 1-based as §2 fixes them: input row i·s_h + u − p_h.
+    """(14) exactly as printed, every index 1-based as in §2: input row i·s_h + u − p_h.
 
     Not what torch computes: window i starts one stride too late (ledger: *differs*).
     """
     return _conv2d_loops(theta, X, stride, padding, bias, first=0)
 
 
-# --- 6.2 Linear (15), 6.3 SiLU (16) and Softmax (17) -------------------------------------
+# --- 6.2 Linear (15), 6.3 SiLU (16) and Softmax (17) ----------------------------------
 
 def linear(theta: Mapping, x: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
     """Linear, Def. 6.2, eq. (15): y = W x + b. Mirrors torch.nn.functional.linear.
@@ -200,13 +210,17 @@ def linear(theta: Mapping, x: torch.Tensor, *, bias: bool = True) -> torch.Tenso
     _same_kind(x, W, "Linear", "x")
     b = theta["bias"] if bias else W.new_zeros(W.shape[0])
     if b.shape != W.shape[:1]:
-        raise ValueError(f"Linear: b ∈ R^d_out needs shape ({W.shape[0]},); got {tuple(b.shape)} (15)")
-    y = x @ W.T + b                                           # (15): y = W x + b, for each row x of the batch
+        raise ValueError(f"Linear: b ∈ R^d_out needs shape ({W.shape[0]},); "
+                         f"got {tuple(b.shape)} (15)")
+    y = x @ W.T + b                         # (15): y = W x + b, for each row x of x
     return y
 
 
 def silu(u: torch.Tensor) -> torch.Tensor:
-    """SiLU, Def. 6.3, eq. (16): u σ(u), σ(u) = 1/(1 + e^{−u}), componentwise. Mirrors F.silu."""
+    """SiLU, Def. 6.3, eq. (16): u σ(u), σ(u) = 1/(1 + e^{−u}). Mirrors F.silu.
+
+    Componentwise: u of any shape -> the same shape.
+    """
     if not isinstance(u, torch.Tensor):
         raise TypeError(f"SiLU takes a torch.Tensor; got {type(u).__name__}")
     sigma = 1 / (1 + torch.exp(-u))                           # (16): σ(u)
@@ -223,17 +237,17 @@ def _check_softmax(x, tau) -> None:
 
 
 def softmax_literal(x: torch.Tensor, *, tau: float = 1.0) -> torch.Tensor:
-    """(17) as printed: exp(x_i/τ) / Σ_j exp(x_j/τ) over the last axis. Overflows for large x/τ."""
+    """(17) as printed: exp(x_i/τ) / Σ_j exp(x_j/τ) over the last axis. Overflows."""
     _check_softmax(x, tau)
     e = torch.exp(x / tau)
     return e / e.sum(dim=-1, keepdim=True)
 
 
 def softmax(x: torch.Tensor, *, tau: float = 1.0) -> torch.Tensor:
-    """Softmax^(τ), Def. 6.4, eq. (17), over the last axis. Mirrors torch.softmax(x / τ, dim=-1).
+    """Softmax^(τ), Def. 6.4, eq. (17), over the last axis (torch.softmax(x / τ, -1)).
 
-    Computed as (17) with m = max_j x_j/τ subtracted first: the same value (the ratio is shift
-    invariant) without overflow.
+    Computed as (17) with m = max_j x_j/τ subtracted first: the same value (the ratio is
+    shift invariant) without overflow.
     """
     _check_softmax(x, tau)
     z = x / tau
@@ -241,7 +255,7 @@ def softmax(x: torch.Tensor, *, tau: float = 1.0) -> torch.Tensor:
     return e / e.sum(dim=-1, keepdim=True)                    # (17)
 
 
-# --- 6.4 GroupNorm (18)–(19) ------------------------------------------------------------
+# --- 6.4 GroupNorm (18)–(19) ----------------------------------------------------------
 
 def _group_norm_setup(theta, X, groups, eps=EPS_UNET):
     _check_theta(theta, "GroupNorm", "Def. 6.5: γ as weight (C,), β as bias (C,)", ("weight", "bias"))
@@ -258,17 +272,19 @@ def _group_norm_setup(theta, X, groups, eps=EPS_UNET):
     return X4, gamma, beta, single
 
 
-def group_norm(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float = EPS_UNET) -> torch.Tensor:
+def group_norm(theta: Mapping, X: torch.Tensor, *, groups: int = 32,
+               eps: float = EPS_UNET) -> torch.Tensor:
     """GroupNorm^(G), Def. 6.5, eqs. (18)–(19). Mirrors torch.nn.GroupNorm(G, C, eps).
 
     X: (B, C, H, W) or (C, H, W) -> same shape; theta: weight γ (C,), bias β (C,).
-    Group g holds the contiguous channels (g−1)·C/G + 1, …, g·C/G.  ε: U-Net 1e-5, VAE 1e-6.
+    Group g holds the contiguous channels (g−1)·C/G + 1, …, g·C/G.
+    ε: U-Net 1e-5, VAE 1e-6.
     """
     X4, gamma, beta, single = _group_norm_setup(theta, X, groups, eps)
     B, C, H, W = X4.shape
-    Xg = X4.reshape(B, groups, C // groups * H * W)           # (B, G, |S_g|): group g's elements
-    mu = Xg.mean(dim=-1, keepdim=True)                        # (18): μ_g
-    var = ((Xg - mu) ** 2).mean(dim=-1, keepdim=True)         # (18): σ_g², the biased (1/|S_g|) variance
+    Xg = X4.reshape(B, groups, C // groups * H * W)       # (B, G, |S_g|): the groups
+    mu = Xg.mean(dim=-1, keepdim=True)                    # (18): μ_g
+    var = ((Xg - mu) ** 2).mean(dim=-1, keepdim=True)     # (18): σ_g², biased (1/|S_g|)
     Xhat = ((Xg - mu) / torch.sqrt(var + eps)).reshape(B, C, H, W)
     Y = gamma[:, None, None] * Xhat + beta[:, None, None]     # (19)
     return Y[0] if single else Y
@@ -276,32 +292,40 @@ def group_norm(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float 
 
 def group_norm_literal(theta: Mapping, X: torch.Tensor, *, groups: int = 32,
                        eps: float = EPS_UNET) -> torch.Tensor:
-    """(18)–(19) term by term: S_g = {(c, i, j) : g(c) = g}, g(c) = ⌈c·G/C⌉, 1-based c (tiny inputs)."""
+    """(18)–(19) term by term with 1-based c, i, j (tiny inputs).
+
+    S_g = {(c, i, j) : g(c) = g}, g(c) = ⌈c·G/C⌉.
+    """
     X4, gamma, beta, single = _group_norm_setup(theta, X, groups, eps)
     B, C, H, W = X4.shape
-    g_of = {c: -(-c * groups // C) for c in range(1, C + 1)}  # g(c) = ⌈c·G/C⌉: blocks of C/G channels
+    g_of = {c: -(-c * groups // C) for c in range(1, C + 1)}  # g(c) = ⌈c·G/C⌉
     Y = torch.empty_like(X4)
     for n in range(B):
+        Xn = X4[n]                                            # image n of the batch
         for g in range(1, groups + 1):
             S = [(c, i, j) for c in range(1, C + 1) if g_of[c] == g
                  for i in range(1, H + 1) for j in range(1, W + 1)]
-            mu = sum(X4[n, c - 1, i - 1, j - 1] for c, i, j in S) / len(S)                 # (18)
-            var = sum((X4[n, c - 1, i - 1, j - 1] - mu) ** 2 for c, i, j in S) / len(S)    # (18)
-            for c, i, j in S:
-                Y[n, c - 1, i - 1, j - 1] = (gamma[c - 1] * (X4[n, c - 1, i - 1, j - 1] - mu)
-                                             / torch.sqrt(var + eps) + beta[c - 1])        # (19)
+            # (18): μ_g and σ_g², the mean and the biased variance over S_g
+            mu = sum(Xn[c - 1, i - 1, j - 1] for c, i, j in S) / len(S)
+            var = sum((Xn[c - 1, i - 1, j - 1] - mu) ** 2 for c, i, j in S) / len(S)
+            sd = torch.sqrt(var + eps)
+            for c, i, j in S:                                 # (19)
+                x = Xn[c - 1, i - 1, j - 1]
+                Y[n, c - 1, i - 1, j - 1] = gamma[c - 1] * (x - mu) / sd + beta[c - 1]
     return Y[0] if single else Y
 
 
-# --- 6.5 Down- and upsampling (20)–(24) -------------------------------------------------
+# --- 6.5 Down- and upsampling (20)–(24) -----------------------------------------------
 
 def downsample_2d(theta: Mapping, X: torch.Tensor, *, padding: int = 1) -> torch.Tensor:
-    """Downsample2D^(2), Def. 6.6, eq. (20): Conv2d^(k,k; 2,2; p,p). Mirrors diffusers' Downsample2D.
+    """Downsample2D^(2), Def. 6.6, eq. (20): Conv2d^(k,k; 2,2; p,p). Mirrors diffusers'.
 
-    SD-1.5's U-Net: k = 3 (from Θ), p = 1 (downsample_padding), so H' = ⌊(H − 1)/2⌋ + 1 = ⌈H/2⌉.
-    X: (B, C, H, W) -> (B, C, ⌈H/2⌉, ⌈W/2⌉); theta: conv.weight (C, C, 3, 3), conv.bias (C,)
+    SD-1.5's U-Net: k = 3 (from Θ), p = 1 (downsample_padding): H' = ⌈H/2⌉.
+    X: (B, C, H, W) -> (B, C, ⌈H/2⌉, ⌈W/2⌉)
+    theta: conv.weight (C, C, 3, 3), conv.bias (C,)
     """
-    _check_theta(theta, "Downsample2D", "(20): diffusers' Downsample2D holds the Conv2d as conv",
+    _check_theta(theta, "Downsample2D",
+                 "(20): diffusers' Downsample2D holds the Conv2d as conv",
                  ("conv.weight", "conv.bias"))
     return conv2d(sub(theta, "conv"), X, stride=2, padding=padding)   # (20)
 
@@ -316,9 +340,9 @@ def _halved(X, layer) -> tuple[torch.Tensor, bool, int, int]:
 
 
 def downsample_2d_nearest(X: torch.Tensor) -> torch.Tensor:
-    """Downsample2DNearest, Def. 6.7, eq. (21), 0-based: Y_{c,i,j} = X_{c,2i,2j}, 0 ≤ i < ⌊H/2⌋.
+    """Downsample2DNearest, Def. 6.7, eq. (21), 0-based: Y_{c,i,j} = X_{c,2i,2j}.
 
-    X: (B, C, H, W) -> (B, C, ⌊H/2⌋, ⌊W/2⌋); no Θ.
+    X: (B, C, H, W) -> (B, C, ⌊H/2⌋, ⌊W/2⌋), 0 ≤ i < ⌊H/2⌋; no Θ.
     """
     X4, single, H2, W2 = _halved(X, "Downsample2DNearest")
     Y = X4[..., 0:2 * H2:2, 0:2 * W2:2]                      # (21): rows 2i, columns 2j
@@ -326,12 +350,13 @@ def downsample_2d_nearest(X: torch.Tensor) -> torch.Tensor:
 
 
 def downsample_2d_average(X: torch.Tensor) -> torch.Tensor:
-    """Downsample2DAverage, Def. 6.8, eq. (22), 0-based: Y_{c,i,j} = ¼ Σ_{u,v∈{0,1}} X_{c,2i+u,2j+v}.
+    """Downsample2DAverage, Def. 6.8, eq. (22), 0-based:
 
-    X: (B, C, H, W) -> (B, C, ⌊H/2⌋, ⌊W/2⌋); no Θ. diffusers' Downsample2D(use_conv=False) is this.
+    Y_{c,i,j} = ¼ Σ_{u,v ∈ {0,1}} X_{c,2i+u,2j+v}.
+    X: (B, C, H, W) -> (B, C, ⌊H/2⌋, ⌊W/2⌋); no Θ. It is Downsample2D(use_conv=False).
     """
     X4, single, H2, W2 = _halved(X, "Downsample2DAverage")
-    Y = sum(X4[..., u:2 * H2:2, v:2 * W2:2] for u in (0, 1) for v in (0, 1)) / 4   # (22)
+    Y = sum(X4[..., u:2 * H2:2, v:2 * W2:2] for u in (0, 1) for v in (0, 1)) / 4  # (22)
     return Y[0] if single else Y
 
 
@@ -347,12 +372,14 @@ def _nearest_source(n_in: int, n_out: int) -> torch.Tensor:
     return torch.floor(i.to(torch.float32) * scale).long().clamp(max=n_in - 1)
 
 
-def interpolate_nearest(X: torch.Tensor, *, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Interpolate^(×2, nearest), Def. 6.9, eq. (23), 0-based: Z_{c,2i+u,2j+v} = X_{c,i,j}, u, v ∈ {0, 1}.
+def interpolate_nearest(X: torch.Tensor, *,
+                        size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Interpolate^(×2, nearest), Def. 6.9, eq. (23), 0-based:
 
-    X: (B, C, H, W) -> (B, C, 2H, 2W). Mirrors F.interpolate(X, scale_factor=2, mode="nearest").
-    ``size=(H_out, W_out)`` (beyond the lecture) is what diffusers' U-Net passes as ``upsample_size``
-    when H or W is not a multiple of 8; it mirrors F.interpolate(X, size=size, mode="nearest").
+    Z_{c,2i+u,2j+v} = X_{c,i,j}, u, v ∈ {0, 1}; X: (B, C, H, W) -> (B, C, 2H, 2W).
+    Mirrors F.interpolate(X, scale_factor=2, mode="nearest"). ``size=(H_out, W_out)``
+    (beyond the lecture) is diffusers' ``upsample_size`` when 8 ∤ H or W, as in
+    F.interpolate(X, size=size, mode="nearest").
     """
     X4, single = _image(X, "Interpolate")
     H, W = X4.shape[-2:]
@@ -360,7 +387,7 @@ def interpolate_nearest(X: torch.Tensor, *, size: tuple[int, int] | None = None)
         Z = X4.new_empty(*X4.shape[:2], 2 * H, 2 * W)
         for u in (0, 1):
             for v in (0, 1):
-                Z[..., u::2, v::2] = X4                       # (23): Z[2i+u, 2j+v] = X[i, j]
+                Z[..., u::2, v::2] = X4            # (23): Z[2i+u, 2j+v] = X[i, j]
     else:
         H_out, W_out = _pair(size, "size", "Interpolate", 1)
         Z = X4[..., _nearest_source(H, H_out), :][..., _nearest_source(W, W_out)]
@@ -369,14 +396,16 @@ def interpolate_nearest(X: torch.Tensor, *, size: tuple[int, int] | None = None)
 
 def upsample_2d(theta: Mapping, X: torch.Tensor, *, padding: int = 1,
                 output_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Upsample2D^(2), Def. 6.10, eq. (24): Conv2d^(k,k; 1,1; p,p) ∘ Interpolate^(×2, nearest).
+    """Upsample2D^(2), Def. 6.10, eq. (24): Conv2d^(k,k; 1,1; p,p) ∘ Interpolate^(×2).
 
-    Mirrors diffusers' Upsample2D(use_conv=True): SD-1.5 has k = 3 (from Θ), p = 1, in the U-Net and
-    the VAE decoder. X: (B, C, H, W) -> (B, C, 2H, 2W); theta: conv.weight (C, C, 3, 3), conv.bias (C,)
+    Mirrors diffusers' Upsample2D(use_conv=True); SD-1.5: k = 3 (from Θ), p = 1, in the
+    U-Net and the VAE decoder. X: (B, C, H, W) -> (B, C, 2H, 2W);
+    theta: conv.weight (C, C, 3, 3), conv.bias (C,)
     """
-    _check_theta(theta, "Upsample2D", "(24): diffusers' Upsample2D holds the Conv2d as conv",
+    _check_theta(theta, "Upsample2D",
+                 "(24): diffusers' Upsample2D holds the Conv2d as conv",
                  ("conv.weight", "conv.bias"))
-    Z = interpolate_nearest(X, size=output_size)              # (23): (B, C, 2H, 2W)
+    Z = interpolate_nearest(X, size=output_size)                # (23): (B, C, 2H, 2W)
     return conv2d(sub(theta, "conv"), Z, stride=1, padding=padding)   # (24)
 
 
@@ -398,35 +427,39 @@ def upsample_2d_transposed_kernel(Wk: torch.Tensor) -> torch.Tensor:
     return K.transpose(0, 1)                                  # conv_transpose2d wants (C_in, C_out, 4, 4)
 
 
-# --- 6.6 Concat (27); flatten (25) and unflatten (26) live in sdanatomy.lecture.notation ------
+# --- 6.6 Concat (27); flatten (25) and unflatten (26) live in sdanatomy.lecture.notatio
 
 def concat(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Concat, Def. 6.11, eq. (27): A ⊕ B along the channel axis. (C_A, H, W), (C_B, H, W) -> (C_A+C_B, H, W).
+    """Concat, Def. 6.11, eq. (27): A ⊕ B along the channel axis.
 
-    diffusers' up blocks call it as torch.cat([X, S], dim=1): the input from below first, the skip second.
+    (C_A, H, W), (C_B, H, W) -> (C_A + C_B, H, W), or the same with a batch axis first.
+    diffusers' up blocks call torch.cat([X, S], dim=1): the input from below, the skip.
     """
     A4, single_a = _image(A, "Concat")
     B4, single_b = _image(B, "Concat")
-    if single_a != single_b or A4.shape[0] != B4.shape[0] or A4.shape[-2:] != B4.shape[-2:]:
-        raise ValueError(f"Concat (27) joins tensors that agree in everything but C (batch, H, W); "
-                         f"got {tuple(A.shape)} and {tuple(B.shape)}")
+    if (single_a != single_b or A4.shape[0] != B4.shape[0]
+            or A4.shape[-2:] != B4.shape[-2:]):
+        raise ValueError(f"Concat (27) joins tensors that agree in everything but C "
+                         f"(batch, H, W); got {tuple(A.shape)} and {tuple(B.shape)}")
     _same_kind(B4, A4, "Concat", "B", "A")
-    Y = torch.cat([A4, B4], dim=1)                            # (27): channels of A, then those of B
+    Y = torch.cat([A4, B4], dim=1)                # (27): channels of A, then those of B
     return Y[0] if single_a else Y
 
 
-# --- 6.11 Conv1x1 (Def. 6.21) and the RGB head SD-1.5 really has ------------------------
+# --- 6.11 Conv1x1 (Def. 6.21) and the RGB head SD-1.5 really has ----------------------
 
 def conv1x1(theta: Mapping, X: torch.Tensor) -> torch.Tensor:
-    """Conv1x1 := Conv2d^(1,1; 1,1; 0,0), Def. 6.21: the same Linear (15) at every pixel.
+    """Conv1x1 := Conv2d^(1,1; 1,1; 0,0), Def. 6.21: one Linear (15) at every pixel.
 
-    X: (B, C_in, H, W) -> (B, C_out, H, W); theta: weight (C_out, C_in, 1, 1), bias (C_out,)
+    X: (B, C_in, H, W) -> (B, C_out, H, W)
+    theta: weight (C_out, C_in, 1, 1), bias (C_out,)
     The printed output head of the U-Net, (90), and of the VAE decoder, (95).
     Ledger: ``ledger.where("(90)")``.
     """
     Wk = theta.get("weight") if isinstance(theta, Mapping) else None
     if isinstance(Wk, torch.Tensor) and Wk.shape[-2:] != (1, 1):
-        raise ValueError(f"Conv1x1 (Def. 6.21) needs a 1×1 kernel; got k = {tuple(Wk.shape[-2:])}")
+        raise ValueError(f"Conv1x1 (Def. 6.21) needs a 1×1 kernel; "
+                         f"got k = {tuple(Wk.shape[-2:])}")
     return conv2d(theta, X, stride=1, padding=0)
 
 

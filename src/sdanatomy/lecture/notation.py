@@ -1,10 +1,11 @@
 """Notation, lecture §2: the lecture's symbols and their code counterparts.
 
-The lecture counts from 1 (``v_1, …, v_n``; ``[1, k]_Z``), torch counts from 0. This module
-is the one visible place where the two meet: every function below takes the lecture's
-1-based indices and converts them with :func:`to_torch_index`. Each notation is
-implemented literally (loops over the lecture's index ranges) so that it can be checked
-against the vectorised torch operation that the rest of the book, and diffusers, use.
+The lecture counts from 1 (``v_1, …, v_n``; ``[1, k]_Z``), torch counts from 0. This
+module is the one visible place where the two meet: every function below takes the
+lecture's 1-based indices and converts them with :func:`to_torch_index`. Each notation
+is implemented literally (loops over the lecture's index ranges) so that it can be
+checked against the vectorised torch operation that the rest of the book, and diffusers,
+use.
 
 Shape alphabet used everywhere in the book: see :data:`SHAPE_ALPHABET`.
 """
@@ -40,7 +41,8 @@ def integer_range(k) -> Iterable[int]:
     if k == math.inf:
         return itertools.count(1)
     if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"[1, k]_Z needs k in Z_{{>0}} ∪ {{+∞}}; got {type(k).__name__} {k!r}")
+        raise TypeError(f"[1, k]_Z needs k in Z_{{>0}} ∪ {{+∞}}; "
+                        f"got {type(k).__name__} {k!r}")
     if k < 1:
         raise ValueError(f"[1, k]_Z needs k in Z_{{>0}} ∪ {{+∞}}; got k={k}")
     return range(1, k + 1)
@@ -66,14 +68,16 @@ def _check_vector(v: torch.Tensor, name: str) -> None:
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(v).__name__}")
     if v.dim() != 1:
-        raise ValueError(f"{name} must be a vector (1 axis); got shape {tuple(v.shape)}")
+        raise ValueError(f"{name} must be a vector (1 axis); "
+                         f"got shape {tuple(v.shape)}")
 
 
 def _check_matrix(A: torch.Tensor, name: str = "A") -> None:
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(A).__name__}")
     if A.dim() != 2:
-        raise ValueError(f"{name} must be a matrix in R^{{m,n}} (2 axes); got shape {tuple(A.shape)}")
+        raise ValueError(f"{name} must be a matrix in R^{{m,n}} (2 axes); "
+                         f"got shape {tuple(A.shape)}")
 
 
 def component(v: torch.Tensor, i: int) -> torch.Tensor:
@@ -97,7 +101,8 @@ def inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     _check_vector(u, "u")
     _check_vector(v, "v")
     if u.shape != v.shape:
-        raise ValueError(f"⟨u, v⟩ needs u, v in the same R^n; got {tuple(u.shape)} and {tuple(v.shape)}")
+        raise ValueError(f"⟨u, v⟩ needs u, v in the same R^n; "
+                         f"got {tuple(u.shape)} and {tuple(v.shape)}")
     total = torch.zeros((), dtype=u.dtype, device=u.device)
     for i in integer_range(u.shape[0]):
         total = total + component(u, i) * component(v, i)   # (2)
@@ -127,45 +132,50 @@ def _check_chw(X: torch.Tensor) -> None:
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"X must be a torch.Tensor; got {type(X).__name__}")
     if X.dim() != 3:
-        raise ValueError(f"flatten_(H,W) takes X ∈ R^(C×H×W) (3 axes); got shape {tuple(X.shape)}")
+        raise ValueError(f"flatten_(H,W) takes X ∈ R^(C×H×W) (3 axes); "
+                         f"got shape {tuple(X.shape)}")
 
 
 def flatten_literal(X: torch.Tensor) -> torch.Tensor:
-    """flatten_{(H,W)}(X) ∈ R^{(HW)×C}, (25), element by element with 1-based indices."""
+    """flatten_{(H,W)}(X) ∈ R^{(HW)×C}, (25), element by element, 1-based indices."""
     _check_chw(X)
     C, H, W = X.shape
     Y = torch.empty((H * W, C), dtype=X.dtype, device=X.device)
     for c in integer_range(C):
         for i in integer_range(H):
             for j in integer_range(W):
-                row = flat_index(i, j, W)   # (25): (i−1)W + j
-                Y[to_torch_index(row, H * W), to_torch_index(c, C)] = X[c - 1, i - 1, j - 1]
+                n = flat_index(i, j, W)                   # (25): token n = (i−1)W + j
+                Y[to_torch_index(n, H * W), c - 1] = X[c - 1, i - 1, j - 1]
     return Y
 
 
 def unflatten_literal(Y: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """unflatten_{(H,W)}(Y) ∈ R^{C×H×W}, (26), element by element with 1-based indices."""
+    """unflatten_{(H,W)}(Y) ∈ R^{C×H×W}, (26), element by element, 1-based indices."""
     _check_matrix(Y, "Y")
     if Y.shape[0] != H * W:
-        raise ValueError(f"unflatten_(H,W) needs Y with H·W = {H * W} rows; got {Y.shape[0]}")
+        raise ValueError(f"unflatten_(H,W) needs Y with H·W = {H * W} rows; "
+                         f"got {Y.shape[0]}")
     C = Y.shape[1]
     X = torch.empty((C, H, W), dtype=Y.dtype, device=Y.device)
     for c in integer_range(C):
         for i in integer_range(H):
             for j in integer_range(W):
-                X[c - 1, i - 1, j - 1] = Y[to_torch_index(flat_index(i, j, W), H * W), c - 1]   # (26)
+                n = flat_index(i, j, W)                   # (26): token n = (i−1)W + j
+                X[c - 1, i - 1, j - 1] = Y[to_torch_index(n, H * W), c - 1]
     return X
 
 
 def flatten(X: torch.Tensor) -> torch.Tensor:
     """flatten_{(H,W)}, (25), vectorised: (…, C, H, W) -> (…, N, C) with N = H·W."""
     if not isinstance(X, torch.Tensor) or X.dim() < 3:
-        raise ValueError(f"flatten_(H,W) takes (…, C, H, W); got {getattr(X, 'shape', type(X))}")
+        raise ValueError(f"flatten_(H,W) takes (…, C, H, W); "
+                         f"got {getattr(X, 'shape', type(X))}")
     return X.flatten(-2).transpose(-1, -2)   # (…, C, H, W) -> (…, C, N) -> (…, N, C)
 
 
 def unflatten(Y: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """unflatten_{(H,W)}, (26), vectorised: (…, N, C) -> (…, C, H, W)."""
     if not isinstance(Y, torch.Tensor) or Y.dim() < 2 or Y.shape[-2] != H * W:
-        raise ValueError(f"unflatten_(H,W) takes (…, H·W={H * W}, C); got {getattr(Y, 'shape', type(Y))}")
-    return Y.transpose(-1, -2).unflatten(-1, (H, W))   # (…, N, C) -> (…, C, N) -> (…, C, H, W)
+        raise ValueError(f"unflatten_(H,W) takes (…, H·W={H * W}, C); "
+                         f"got {getattr(Y, 'shape', type(Y))}")
+    return Y.transpose(-1, -2).unflatten(-1, (H, W))   # (…, N, C) -> (…, C, H, W)
