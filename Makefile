@@ -13,7 +13,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 STATUS := _build/status
 
-.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean
+.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean execute
 
 book: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build .
@@ -64,6 +64,18 @@ book-strict: install
 # one screenshot per chapter in _build/screenshots.
 browser: install chromium
 	$(OFFLINE) $(BIN)/pytest tests/browser --site _build/html -p no:cacheprovider
+
+# Re-execute notebooks in place, as nbval will run them (their stored outputs are what nbval
+# compares): make execute NB="book/ch02_notation.ipynb book/ch08_functions.ipynb"
+NB ?= $(wildcard book/*.ipynb)
+execute: install
+	@for nb in $(NB); do echo "executing $$nb"; \
+	  $(OFFLINE) $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb" || exit 1; \
+	  $(BIN)/python -c "$$STRIP_TIMING" "$$nb"; done
+
+# nbclient records each cell's execution times in its metadata: noise in the diff, not kept.
+export STRIP_TIMING := import nbformat, sys; nb = nbformat.read(sys.argv[1], 4); \
+  [c.metadata.pop("execution", None) for c in nb.cells]; nbformat.write(nb, sys.argv[1])
 
 # Speed, reported, never asserted: bench/run.py writes _build/status/bench.json for the status appendix.
 bench: install

@@ -25,3 +25,26 @@ def test_check_reports_a_broken_pair():
         errata.ERRATA = saved
     assert any("is not a 'differs' row" in p for p in problems)
     assert any("is not a 'matches' row" in p for p in problems)
+
+
+def test_every_erratum_has_one_kind_and_the_kinds_partition_the_errata():
+    kinds = [errata.kind(e) for e in errata.ERRATA]
+    assert set(kinds) == set(errata.KIND_ORDER)
+    assert set(errata.KINDS) == {e.differs for e in errata.ERRATA}   # no stale kind
+
+
+def test_an_erratum_without_a_kind_is_reported():
+    bad = errata.Erratum("(0)", "x", "y", "z", differs="no kind given", matches="m")
+    saved = errata.ERRATA
+    try:
+        errata.ERRATA = saved + (bad,)
+        problems = errata.check()
+    finally:
+        errata.ERRATA = saved
+    assert any("has no kind" in p for p in problems)
+
+
+def test_table_rejects_an_unknown_kind():
+    import pytest
+    with pytest.raises(ValueError, match="kind must be one of"):
+        errata.table(kind="typos")

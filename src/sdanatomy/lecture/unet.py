@@ -261,64 +261,53 @@ def time_features(t: torch.Tensor, *, R: int) -> torch.Tensor:
 
 # --- the U-Net (85)–(91) ----------------------------------------------------------------------
 
-def unet(theta: Mapping, z: torch.Tensor, t, context: torch.Tensor, *, config: Mapping = UNET_CONFIG,
-         ops: Ops = TORCH) -> torch.Tensor:
-    """UNet2DConditionModel_Θ(Z, t, C), Def. 8.1, eqs. (85)–(91), corrected: what SD-1.5's U-Net
-    computes.
-
-    z: (B, 4, H, W) or (4, H, W), any H, W ≥ 1; t: a number, (1,) or (B,); context: (B, M, 768)
-    (SD-1.5: M = 77) -> ε̂ (B, 4, H, W). Θ: UNet2DConditionModel.state_dict(), every key and shape
-    checked against ``config``. ``ops``: TORCH (default, torch's fused kernels) or blocks.BOOK (the
-    book's own layers; same function, slower, for small inputs).
-
-    H, W need not be multiples of 2³: each downsampler maps H to ⌈H/2⌉ and, as diffusers does with
-    ``forward_upsample_size``, each upsampler returns to the size of the skip it meets next (for
-    multiples of 8 that is exactly 2×, so this is diffusers' function at every size).
-    Ledger: ``ledger.where("(85)")``.
-    """
+def _setup(theta, z, t, context, config, ops):
+    """The checks at the door of unet(): config, Θ (every key and shape), the inputs."""
     _check_ops(ops)
     c = unet_config(config)
-    dtype = _check_theta(theta, c)
-    Z, t, C, single = _check_inputs(z, t, context, c, dtype, theta["conv_in.weight"].device)
-    G, eps, n = c["norm_num_groups"], c["norm_eps"], c["layers_per_block"]
-    heads, L = c["heads"], len(c["block_out_channels"])
+    dtype, device = _check_theta(theta, c), theta["conv_in.weight"].device
+    return (c,) + _check_inputs(z, t, context, c, dtype, device)
 
-    # 1. time: h = TimestepEmbedding(t) (28)–(29); e(t) in float32, as diffusers, then Θ's dtype
-    e = time_features(t, R=c["block_out_channels"][0] // 2).to(dtype)                   # (B, 2R)
+
+def unet(theta: Mapping, z: torch.Tensor, t, context: torch.Tensor, *,
+         config: Mapping = UNET_CONFIG, ops: Ops = TORCH) -> torch.Tensor:
+    """UNet2DConditionModel_Θ(Z, t, C), Def. 8.1, (85)–(91), corrected. Θ: the whole
+    state_dict(); z: (B, 4, H, W), any H, W; t: number or (B,); context: (B, M, 768).
+    ops: TORCH (torch's kernels) or BOOK (the book's). Ledger: ledger.where("(85)")."""
+    c, Z, t, C, single = _setup(theta, z, t, context, config, ops)   # checks first
+    n, heads, L = c["layers_per_block"], c["heads"], len(c["block_out_channels"])
+    kw = dict(groups=c["norm_num_groups"], eps=c["norm_eps"], ops=ops)   # every block's
+    # 1. time: h = TimestepEmbedding(t) (28)–(29); e(t) in float32, as in diffusers
+    e = time_features(t, R=c["block_out_channels"][0] // 2).to(Z.dtype)       # (B, 2R)
     h = ops.linear(sub(theta, "time_embedding.linear_2"),
-                   ops.silu(ops.linear(sub(theta, "time_embedding.linear_1"), e)))      # (29) (B, d_t)
-
+                   ops.silu(ops.linear(sub(theta, "time_embedding.linear_1"), e)))
     # 2. conv_in: the lecture's (85) starts the down path at Z itself
-    D = ops.conv2d(sub(theta, "conv_in"), Z, padding=1)                                 # (B, C_1, H, W)
-
-    # 3. down path (86): every resnet/transformer output and every downsampled map is a skip
-    skips = (D,)
+    D = ops.conv2d(sub(theta, "conv_in"), Z, padding=1)               # (B, C_1, H, W)
+    # 3. down path (86): every resnet/transformer output and downsampled map is a skip
+    skips, down = (D,), dict(kw, padding=c["downsample_padding"])
     for ell, kind in enumerate(c["down_block_types"]):
-        block = sub(theta, f"down_blocks.{ell}")
+        Th = sub(theta, f"down_blocks.{ell}")
         if kind == "CrossAttnDownBlock2D":
-            D, S = cross_attn_down_block_2d(block, D, h, C, heads=heads[ell], groups=G, eps=eps,
-                                            padding=c["downsample_padding"], ops=ops)
+            D, S = cross_attn_down_block_2d(Th, D, h, C, heads=heads[ell], **down)
         else:
-            D, S = down_block_2d(block, D, h, groups=G, eps=eps, padding=c["downsample_padding"], ops=ops)
-        skips += S                                   # SD-1.5: 1 + 3 + 3 + 3 + 2 = 12 skip states
-
+            D, S = down_block_2d(Th, D, h, **down)
+        skips += S                                  # SD-1.5: 1 + 3 + 3 + 3 + 2 = 12
     # 4. mid block (87), at the lowest resolution (⌈H/8⌉ × ⌈W/8⌉ in SD-1.5)
-    U = mid_block_2d_cross_attn(sub(theta, "mid_block"), D, h, C, heads=heads[-1], groups=G, eps=eps, ops=ops)
-
-    # 5. up path (88)–(89): level i pops n + 1 skips, one before each resnet, upsamples at the end
+    U = mid_block_2d_cross_attn(sub(theta, "mid_block"), D, h, C, heads=heads[-1], **kw)
+    # 5. up path (88)–(89): level i pops n + 1 skips, one per resnet; upsamples last
     for i, kind in enumerate(c["up_block_types"]):
         S, skips = skips[-(n + 1):], skips[:-(n + 1)]
-        size = tuple(skips[-1].shape[-2:]) if i < L - 1 else None      # the size of the next skip
-        block = sub(theta, f"up_blocks.{i}")
+        size = tuple(skips[-1].shape[-2:]) if i < L - 1 else None  # next skip's H, W
+        Th = sub(theta, f"up_blocks.{i}")
         if kind == "CrossAttnUpBlock2D":
-            U = cross_attn_up_block_2d(block, U, S, h, C, heads=heads[L - 1 - i], groups=G, eps=eps,
-                                       output_size=size, ops=ops)
+            U = cross_attn_up_block_2d(Th, U, S, h, C, heads=heads[L - 1 - i],
+                                       output_size=size, **kw)
         else:
-            U = up_block_2d(block, U, S, h, groups=G, eps=eps, output_size=size, ops=ops)
-
+            U = up_block_2d(Th, U, S, h, output_size=size, **kw)
     # 6. output head (90) as SD-1.5 has it: GroupNorm → SiLU → 3×3 conv, not a Conv1x1
-    U = ops.silu(ops.group_norm(sub(theta, "conv_norm_out"), U, groups=G, eps=eps))      # (B, C_1, H, W)
-    E = ops.conv2d(sub(theta, "conv_out"), U, padding=1)                                 # (91) (B, 4, H, W)
+    U = ops.silu(ops.group_norm(sub(theta, "conv_norm_out"), U, groups=kw["groups"],
+                                eps=kw["eps"]))
+    E = ops.conv2d(sub(theta, "conv_out"), U, padding=1)            # (91) (B, 4, H, W)
     return E[0] if single else E
 
 
@@ -326,41 +315,44 @@ def unet_printed(theta: Mapping, z: torch.Tensor, t, context: torch.Tensor, *,
                  config: Mapping = UNET_CONFIG, ops: Ops = BOOK) -> torch.Tensor:
     """Def. 8.1, (85)–(91), as printed, with the printed blocks of §6.10.
 
-    D_0 = Z; D_ℓ = (CrossAttention)DownBlock2D(D_{ℓ−1}) for ℓ = 1, …, L (each ends with Downsample2D);
-    B = Mid(D_L); U_L = UpBlock2D(B, D_L); U_{ℓ−1} = (CrossAttention)UpBlock2D(U_ℓ, D_{ℓ−1}) for
-    ℓ = L, …, 1; Ê = Conv1x1(U_0). Read against SD-1.5's Θ this cannot run: (85) has no conv_in, so
-    the first resnet gets C = 4 channels where its Θ expects 320 (ValueError, naming the block);
-    further on it would also need a Θ_Down at the last level, one skip per level (SD-1.5 keeps 12),
-    L + 1 up blocks (SD-1.5 has L) and a 1×1 head (SD-1.5's is GroupNorm → SiLU → 3×3).
+    D_0 = Z; D_ℓ = (CrossAttention)DownBlock2D(D_{ℓ−1}) for ℓ = 1, …, L (each ends with
+    Downsample2D); B = Mid(D_L); U_L = UpBlock2D(B, D_L); U_{ℓ−1} =
+    (CrossAttention)UpBlock2D(U_ℓ, D_{ℓ−1}) for ℓ = L, …, 1; Ê = Conv1x1(U_0). Against
+    SD-1.5's Θ this cannot run: (85) has no conv_in, so the first resnet gets C = 4
+    channels where its Θ expects 320 (ValueError, naming the block); further on it would
+    also need a Θ_Down at the last level, one skip per level (SD-1.5 keeps 12), L + 1 up
+    blocks (SD-1.5 has L) and a 1×1 head (SD-1.5's is GroupNorm → SiLU → 3×3).
     """
     c = unet_config(config)
-    dtype = _check_theta(theta, c)
-    Z, t, C, _ = _check_inputs(z, t, context, c, dtype, theta["conv_in.weight"].device)
-    G, eps, heads, L = c["norm_num_groups"], c["norm_eps"], c["heads"], len(c["block_out_channels"])
+    dtype, device = _check_theta(theta, c), theta["conv_in.weight"].device
+    Z, t, C, _ = _check_inputs(z, t, context, c, dtype, device)
+    heads, L = c["heads"], len(c["block_out_channels"])
+    kw = dict(groups=c["norm_num_groups"], eps=c["norm_eps"], ops=ops)
     e = time_features(t, R=c["block_out_channels"][0] // 2).to(dtype)
-    h = ops.linear(sub(theta, "time_embedding.linear_2"),
-                   ops.silu(ops.linear(sub(theta, "time_embedding.linear_1"), e)))      # (29)
-    D = [Z]                                                                              # (85) D_0 = Z
-    for ell, kind in enumerate(c["down_block_types"], start=1):                           # (86)
-        block = sub(theta, f"down_blocks.{ell - 1}")
+    h = ops.linear(sub(theta, "time_embedding.linear_2"),             # (29)
+                   ops.silu(ops.linear(sub(theta, "time_embedding.linear_1"), e)))
+    D = [Z]                                                           # (85) D_0 = Z
+    for ell, kind in enumerate(c["down_block_types"], start=1):       # (86)
+        Th = sub(theta, f"down_blocks.{ell - 1}")
         if kind == "CrossAttnDownBlock2D":
-            D.append(cross_attn_down_block_2d_printed(block, D[-1], h, C, heads=heads[ell - 1], groups=G, eps=eps,
-                                                      ops=ops))
+            D.append(cross_attn_down_block_2d_printed(Th, D[-1], h, C,
+                                                      heads=heads[ell - 1], **kw))
         else:
-            D.append(down_block_2d_printed(block, D[-1], h, groups=G, eps=eps, ops=ops))
-    B = mid_block_2d_cross_attn_printed(sub(theta, "mid_block"), D[L], h, C, heads=heads[-1], groups=G,
-                                        eps=eps, ops=ops)                                # (87)
-    # The lecture's level ℓ (1 = full resolution) is diffusers' up_blocks[L − ℓ] (0 = the lowest).
-    U = up_block_2d_printed(sub(theta, "up_blocks.0"), B, D[L], h, groups=G, eps=eps, ops=ops)   # (88) Θ^↑_L
-    for ell in range(L, 0, -1):                                                            # (89) Θ^↑_{ℓ−1}
+            D.append(down_block_2d_printed(Th, D[-1], h, **kw))
+    B = mid_block_2d_cross_attn_printed(sub(theta, "mid_block"), D[L], h, C,
+                                        heads=heads[-1], **kw)       # (87)
+    # The lecture's level ℓ (1 = full resolution) is diffusers' up_blocks[L − ℓ].
+    U = up_block_2d_printed(sub(theta, "up_blocks.0"), B, D[L], h, **kw)  # (88) Θ^↑_L
+    for ell in range(L, 0, -1):                                       # (89) Θ^↑_{ℓ−1}
         i = L - (ell - 1)
         if i >= L:
-            raise ValueError(f"unet_printed: (89) at ℓ = {ell} needs Θ^↑_{ell - 1}, which (84) does not list "
-                             f"(SD-1.5 has {L} up blocks; (88)–(89) apply {L + 1})")
-        block = sub(theta, f"up_blocks.{i}")
+            raise ValueError(f"unet_printed: (89) at ℓ = {ell} needs Θ^↑_{ell - 1}, "
+                             f"which (84) does not list (SD-1.5 has {L} up blocks; "
+                             f"(88)–(89) apply {L + 1})")
+        Th = sub(theta, f"up_blocks.{i}")
         if c["up_block_types"][i] == "CrossAttnUpBlock2D":
-            U = cross_attn_up_block_2d_printed(block, U, D[ell - 1], h, C, heads=heads[L - 1 - i], groups=G,
-                                               eps=eps, ops=ops)
+            U = cross_attn_up_block_2d_printed(Th, U, D[ell - 1], h, C,
+                                               heads=heads[L - 1 - i], **kw)
         else:
-            U = up_block_2d_printed(block, U, D[ell - 1], h, groups=G, eps=eps, ops=ops)
-    return conv1x1(sub(theta, "conv_out"), U)                                            # (90)
+            U = up_block_2d_printed(Th, U, D[ell - 1], h, **kw)
+    return conv1x1(sub(theta, "conv_out"), U)                         # (90)

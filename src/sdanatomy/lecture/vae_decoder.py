@@ -231,12 +231,15 @@ def vae_attention(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: flo
     return Y[0] if single else Y
 
 
-def mid_block_2d(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: float = EPS_VAE,
-                 attention: bool = True, ops: Ops = BOOK) -> torch.Tensor:
-    """The decoder's mid block (diffusers' UNetMidBlock2D, temb = None): Def. 6.18 without time or text.
+def mid_block_2d(theta: Mapping, X: torch.Tensor, *, groups: int = 32,
+                 eps: float = EPS_VAE, attention: bool = True,
+                 ops: Ops = BOOK) -> torch.Tensor:
+    """The decoder's mid block (diffusers' UNetMidBlock2D, temb = None): Def. 6.18
+    without time or text.
 
-    A_0 = ResnetBlock2D(X), A_1 = Attention(A_0) (:func:`vae_attention`), Y = ResnetBlock2D(A_1).
-    X: (B, C, H, W) -> (B, C, H, W); theta: resnets.0.*, attentions.0.*, resnets.1.*
+    A_0 = ResnetBlock2D(X), A_1 = Attention(A_0) (:func:`vae_attention`),
+    Y = ResnetBlock2D(A_1). X: (B, C, H, W) -> (B, C, H, W);
+    theta: resnets.0.*, attentions.0.*, resnets.1.*
     """
     _check_ops(ops)
     X4, single = _batch(X, "the VAE mid block", "X")
@@ -245,15 +248,18 @@ def mid_block_2d(theta: Mapping, X: torch.Tensor, *, groups: int = 32, eps: floa
     if attention:
         shapes |= _attention_shapes("attentions.0", C)
     _check_theta(theta, shapes, "the VAE mid block", X4)
-    A0 = resnet_block_2d(sub(theta, "resnets.0"), X4, None, groups=groups, eps=eps, ops=ops)   # (63), no h
-    A1 = vae_attention(sub(theta, "attentions.0"), A0, groups=groups, eps=eps, ops=ops) if attention else A0
-    Y = resnet_block_2d(sub(theta, "resnets.1"), A1, None, groups=groups, eps=eps, ops=ops)    # (67), no h
+    kw = dict(groups=groups, eps=eps, ops=ops)
+    A0 = resnet_block_2d(sub(theta, "resnets.0"), X4, None, **kw)           # (63), no h
+    A1 = vae_attention(sub(theta, "attentions.0"), A0, **kw) if attention else A0
+    Y = resnet_block_2d(sub(theta, "resnets.1"), A1, None, **kw)            # (67), no h
     return Y[0] if single else Y
 
 
-def up_decoder_block_2d(theta: Mapping, X: torch.Tensor, *, n: int, C_out: int, upsample: bool,
-                        groups: int = 32, eps: float = EPS_VAE, ops: Ops = BOOK) -> torch.Tensor:
-    """One level of the decoder (diffusers' UpDecoderBlock2D): n ResnetBlock2D, then Upsample2D.
+def up_decoder_block_2d(theta: Mapping, X: torch.Tensor, *, n: int, C_out: int,
+                        upsample: bool, groups: int = 32, eps: float = EPS_VAE,
+                        ops: Ops = BOOK) -> torch.Tensor:
+    """One level of the decoder (diffusers' UpDecoderBlock2D): n ResnetBlock2D, then
+    Upsample2D.
 
     Y_0 = X, Y_r = ResnetBlock2D(Y_{r−1}) for r = 1, …, n (Y_1 takes C_in → C_out), then
     Upsample2D^(2)(Y_n) (24) when ``upsample``: the reverse of (94)'s order. SD-1.5 has
@@ -265,22 +271,26 @@ def up_decoder_block_2d(theta: Mapping, X: torch.Tensor, *, n: int, C_out: int, 
     X4, single = _batch(X, "UpDecoderBlock2D", "X")
     for name, v in (("n", n), ("C_out", C_out)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"UpDecoderBlock2D needs a positive integer {name}; got {v!r}")
+            raise ValueError(f"UpDecoderBlock2D needs a positive integer {name}; "
+                             f"got {v!r}")
     shapes = {}
     for r in range(n):
-        shapes |= _resnet_shapes(f"resnets.{r}", X4.shape[1] if r == 0 else C_out, C_out)
+        C_in = X4.shape[1] if r == 0 else C_out
+        shapes |= _resnet_shapes(f"resnets.{r}", C_in, C_out)
     if upsample:
-        shapes |= {"upsamplers.0.conv.weight": (C_out, C_out, 3, 3), "upsamplers.0.conv.bias": (C_out,)}
+        shapes |= {"upsamplers.0.conv.weight": (C_out, C_out, 3, 3),
+                   "upsamplers.0.conv.bias": (C_out,)}
     _check_theta(theta, shapes, "UpDecoderBlock2D", X4)
     Y = X4
     for r in range(n):
-        Y = resnet_block_2d(sub(theta, f"resnets.{r}"), Y, None, groups=groups, eps=eps, ops=ops)  # (52)–(57)
+        Y = resnet_block_2d(sub(theta, f"resnets.{r}"), Y, None, groups=groups, eps=eps,
+                            ops=ops)                                     # (52)–(57)
     if upsample:
-        Y = ops.upsample_2d(sub(theta, "upsamplers.0"), Y)            # (23)–(24): (B, C_out, 2H, 2W)
+        Y = ops.upsample_2d(sub(theta, "upsamplers.0"), Y)   # (23)–(24): (B, C, 2H, 2W)
     return Y[0] if single else Y
 
 
-# --- the whole decoder, as SD-1.5 runs it ----------------------------------------------------
+# --- the whole decoder, as SD-1.5 runs it ---------------------------------------------
 
 def upsampling_factor(config: Mapping = VAE_CONFIG) -> int:
     """H / H_z of :func:`vae_decoder`: 2^{L−1}, an Upsample2D in every up block but the last (8 for SD-1.5)."""
@@ -311,35 +321,38 @@ def vae_decoder(theta: Mapping, z: torch.Tensor, *, config: Mapping = VAE_CONFIG
                 ops: Ops = BOOK) -> torch.Tensor:
     """The VAE decoder 𝒟 of (96) as SD-1.5 runs it: ``AutoencoderKL.decode(z).sample``.
 
-    z: (B, C_z, H_z, W_z) or (C_z, H_z, W_z) -> (B, out_channels, 2^{L−1}H_z, 2^{L−1}W_z);
-    SD-1.5: (B, 4, H_z, W_z) -> (B, 3, 8H_z, 8W_z) for any H_z, W_z ≥ 1 (nothing downsamples).
-    theta: the AutoencoderKL's state_dict (encoder and quant_conv keys are ignored), checked key
-    by key against ``config`` (:func:`theta_shapes`) before anything is computed.
-    z is the VAE's latent: the diffusion latent divided by ``scaling_factor`` (:func:`decode_latents`).
-    ``ops``: the book's layers (BOOK) or torch's fused kernels of the same functions (TORCH).
+    z: (B, C_z, H_z, W_z) or (C_z, H_z, W_z) -> (B, C_out, 2^{L−1}H_z, 2^{L−1}W_z);
+    SD-1.5: (B, 4, H_z, W_z) -> (B, 3, 8H_z, 8W_z) for any H_z, W_z ≥ 1. theta: the
+    AutoencoderKL's state_dict (encoder keys ignored), checked key by key against
+    ``config`` first. z is the VAE's latent: the diffusion latent divided by
+    ``scaling_factor`` (:func:`decode_latents`). ``ops``: BOOK or TORCH layers.
     """
     _check_ops(ops)
     cfg = decoder_config(config)
-    Z, single = _batch(z, "the VAE decoder (Def. 8.2)", "the latent Z", cfg["latent_channels"])
-    _check_theta(theta, theta_shapes(cfg), "the VAE decoder", Z, owned=("decoder.", "post_quant_conv."))
+    Z, single = _batch(z, "the VAE decoder (Def. 8.2)", "the latent Z",
+                       cfg["latent_channels"])
+    _check_theta(theta, theta_shapes(cfg), "the VAE decoder", Z,
+                 owned=("decoder.", "post_quant_conv."))
     C, G, eps = cfg["block_out_channels"], cfg["norm_num_groups"], EPS_VAE
     L, n = len(C), cfg["layers_per_block"] + 1
     dec = sub(theta, "decoder")
 
-    # 1. post_quant_conv: a Conv1x1 (Def. 6.21) C_z -> C_z, in AutoencoderKL._decode before the Decoder
-    X = ops.conv2d(sub(theta, "post_quant_conv"), Z, padding=0) if cfg["use_post_quant_conv"] else Z
-    # 2. conv_in: Conv2d^(3,3; 1,1; 1,1) (14), C_z -> C_L                              (B, C_L, H_z, W_z)
+    # 1. post_quant_conv: a Conv1x1 (Def. 6.21) C_z -> C_z, before the Decoder proper
+    X = Z
+    if cfg["use_post_quant_conv"]:
+        X = ops.conv2d(sub(theta, "post_quant_conv"), Z, padding=0)
+    # 2. conv_in: Conv2d^(3,3; 1,1; 1,1) (14), C_z -> C_L             (B, C_L, H_z, W_z)
     X = ops.conv2d(sub(dec, "conv_in"), X, padding=1)
-    # 3. mid block: ResnetBlock2D -> self-attention over N = H_z·W_z tokens -> ResnetBlock2D
-    X = mid_block_2d(sub(dec, "mid_block"), X, groups=G, eps=eps, attention=cfg["mid_block_add_attention"],
-                     ops=ops)                                                     # (B, C_L, H_z, W_z)
-    # 4. up blocks at widths C_L, …, C_1: n ResnetBlock2D each, then Upsample2D in all but the last
+    # 3. mid block: ResnetBlock2D -> self-attention over H_z·W_z tokens -> ResnetBlock2D
+    X = mid_block_2d(sub(dec, "mid_block"), X, groups=G, eps=eps,
+                     attention=cfg["mid_block_add_attention"], ops=ops)
+    # 4. up blocks at widths C_L, …, C_1: n ResnetBlock2D, then Upsample2D (not last)
     for l, c in enumerate(reversed(C)):
-        X = up_decoder_block_2d(sub(dec, f"up_blocks.{l}"), X, n=n, C_out=c, upsample=l < L - 1,
-                                groups=G, eps=eps, ops=ops)             # (B, c, 2^{min(l+1, L−1)}·H_z, …)
-    # 5. RGB head = layers.rgb_head: GroupNorm -> SiLU -> Conv2d 3×3 (not (95)'s Conv1x1)
-    U = ops.silu(ops.group_norm(sub(dec, "conv_norm_out"), X, groups=G, eps=eps))   # (18)–(19), (16)
-    Xhat = ops.conv2d(sub(dec, "conv_out"), U, padding=1)                            # (B, out, H, W)
+        X = up_decoder_block_2d(sub(dec, f"up_blocks.{l}"), X, n=n, C_out=c,
+                                upsample=l < L - 1, groups=G, eps=eps, ops=ops)
+    # 5. RGB head: GroupNorm -> SiLU -> Conv2d 3×3 (not (95)'s Conv1x1)
+    U = ops.silu(ops.group_norm(sub(dec, "conv_norm_out"), X, groups=G, eps=eps))
+    Xhat = ops.conv2d(sub(dec, "conv_out"), U, padding=1)              # (B, 3, H, W)
     return Xhat[0] if single else Xhat
 
 
@@ -422,37 +435,42 @@ def printed_theta(config: Mapping = VAE_CONFIG, *, seed: int = 0, dtype=torch.fl
     return theta
 
 
-def vae_decoder_printed(theta: Mapping, z: torch.Tensor, *, config: Mapping = VAE_CONFIG,
-                        eps: float = EPS_VAE, ops: Ops = BOOK) -> torch.Tensor:
-    """Def. 8.2, eqs. (93)–(95), as printed, with h = 0 in every (printed, FiLM) ResnetBlock2D:
+def vae_decoder_printed(theta: Mapping, z: torch.Tensor, *,
+                        config: Mapping = VAE_CONFIG, eps: float = EPS_VAE,
+                        ops: Ops = BOOK) -> torch.Tensor:
+    """Def. 8.2, (93)–(95), as printed, with h = 0 in every FiLM ResnetBlock2D:
 
-    H_0 = ResnetBlock2D_{Θ^in}(Z, 0)                                                   (93)
-    H_ℓ = ResnetBlock2D_{Θ_ℓ^↑}(Upsample2D^(2)_{Θ_Up^(ℓ)}(H_{ℓ−1}), 0),  ℓ = 1, …, L_d   (94)
-    X̂ = Conv1x1_{Θ^out}(H_{L_d}),  H = 2^{L_d} H_z,  W = 2^{L_d} W_z                    (95)
+    H_0 = ResnetBlock2D_{Θ^in}(Z, 0)                                              (93)
+    H_ℓ = ResnetBlock2D_{Θ_ℓ^↑}(Upsample2D^(2)(H_{ℓ−1}), 0),  ℓ = 1, …, L_d         (94)
+    X̂ = Conv1x1_{Θ^out}(H_{L_d}),  H = 2^{L_d} H_z,  W = 2^{L_d} W_z               (95)
 
-    z: (B, C_z, H_z, W_z) -> (B, out_channels, 2^{L_d}H_z, 2^{L_d}W_z); theta: :func:`printed_theta_shapes`.
-    (93) normalises Z itself: GroupNorm^(G) over C_z = 4 channels needs G | 4, so the first
-    block uses G = gcd(norm_num_groups, C_z) (4 for SD-1.5, whose G = 32 does not divide 4).
+    z: (B, C_z, H_z, W_z) -> (B, 3, 2^{L_d}H_z, 2^{L_d}W_z); Θ: printed_theta_shapes.
+    (93) normalises Z itself: GroupNorm^(G) over C_z = 4 channels needs G | 4, so the
+    first block uses G = gcd(norm_num_groups, C_z) (4 for SD-1.5, whose G = 32 ∤ 4).
     """
     _check_ops(ops)
     cfg = decoder_config(config)
     Z, single = _batch(z, "Def. 8.2 as printed", "the latent Z", cfg["latent_channels"])
-    if not isinstance(theta, Mapping) or not isinstance(theta.get("in.gamma.weight"), torch.Tensor) \
+    if not isinstance(theta, Mapping) or not isinstance(theta.get("in.gamma.weight"),
+                                                        torch.Tensor) \
             or theta["in.gamma.weight"].dim() != 2:
-        raise ValueError("Def. 8.2 as printed needs Θ keyed as printed_theta_shapes(config): in.*, up.ℓ.*, out.*")
+        raise ValueError("Def. 8.2 as printed needs Θ keyed as "
+                         "printed_theta_shapes(config): in.*, up.ℓ.*, out.*")
     d_t = theta["in.gamma.weight"].shape[1]
     _check_theta(theta, printed_theta_shapes(cfg, d_t=d_t), "Def. 8.2 as printed", Z)
     G = cfg["norm_num_groups"]
-    h = Z.new_zeros(Z.shape[0], d_t)                        # (93): "no time dependence, so h = 0"
-    H = resnet_block_2d_printed(sub(theta, "in"), Z, h, groups=math.gcd(G, Z.shape[1]), eps=eps, ops=ops)  # (93)
+    h = Z.new_zeros(Z.shape[0], d_t)                # (93): "no time dependence: h = 0"
+    H = resnet_block_2d_printed(sub(theta, "in"), Z, h, groups=math.gcd(G, Z.shape[1]),
+                                eps=eps, ops=ops)                                # (93)
     for l in range(1, len(cfg["block_out_channels"]) + 1):
-        U = ops.upsample_2d(sub(theta, f"up.{l}.upsample"), H)                           # (24): ×2
-        H = resnet_block_2d_printed(sub(theta, f"up.{l}.resnet"), U, h, groups=G, eps=eps, ops=ops)  # (94)
-    Xhat = ops.conv2d(sub(theta, "out"), H, padding=0)      # (95) Conv1x1: (B, 3, 2^{L_d}H_z, 2^{L_d}W_z)
+        U = ops.upsample_2d(sub(theta, f"up.{l}.upsample"), H)               # (24): ×2
+        H = resnet_block_2d_printed(sub(theta, f"up.{l}.resnet"), U, h, groups=G,
+                                    eps=eps, ops=ops)                        # (94)
+    Xhat = ops.conv2d(sub(theta, "out"), H, padding=0)     # (95) Conv1x1: (B, 3, H, W)
     return Xhat[0] if single else Xhat
 
 
-# --- how far a latent reaches ------------------------------------------------------------
+# --- how far a latent reaches --------------------------------------------------------
 
 def influence(decode, z: torch.Tensor, *, pixel=(0, 0)) -> torch.Tensor:
     """How much each latent position moves one image pixel: Σ_c |∂(Σ_k X̂_{k,i,j}) / ∂Z_{c,·,·}|, by autograd.
