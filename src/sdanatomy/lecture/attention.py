@@ -394,8 +394,8 @@ def multihead_attention(theta: dict, X: torch.Tensor, C: torch.Tensor | None = N
     V = C @ W["W_V"]          # (…, M, d_ctx) @ (d_ctx, h·d_v) -> (…, M, h·d_v)    (32)
     # head j uses columns (j−1)d+1 … jd of W_Q, W_K (and of W_V with d_v): one (30) each
     O = scaled_dot_product_attention(_split_heads(Q, heads), _split_heads(K, heads),
-                                     _split_heads(V, heads))   # (…, h, N, d_v)     (30)
-    Y = _merge_heads(O) @ W["W_O"]   # [head_1 … head_h] W_O: (…, N, d_out)      (33)
+                                     _split_heads(V, heads))   # (…, h, N, d_v)    (30)
+    Y = _merge_heads(O) @ W["W_O"]   # [head_1 … head_h] W_O: (…, N, d_out)        (33)
     return Y if W["b_O"] is None else Y + W["b_O"]      # + b_O (to_out.0.bias)    (33)
 
 

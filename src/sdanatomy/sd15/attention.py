@@ -166,10 +166,13 @@ def format_float16_study(rows: list[dict]) -> str:
     """The float16 study as a text table: overflow share, score error, output error."""
     def e(x):
         return "—" if math.isnan(x) else ("0" if x == 0 else f"{x:.0e}")
-    lines = [f"{'σ':>4}  {'max|S|':>7}  {'order':7}  {'overflow':>8}  {'score err (median)':>18}  "
-             f"{'output err (median)':>19}  {'output err (max)':>16}"]
+    lines = [f"{'σ':>4}  {'max|S|':>6}  {'order':7}  {'overflow':>8}  {'score error':>11}  "
+             f"{'output error':>12}  {'output error':>12}",
+             f"{'':>4}  {'':>6}  {'':7}  {'':>8}  {'(median)':>11}  "
+             f"{'(median)':>12}  {'(max)':>12}"]
     for r in rows:
-        lines.append(f"{r['sigma']:>4}  {r['max_score']:>7.0f}  {r['order']:7}  {r['overflow']:>8.0%}  "
-                     f"{e(r['s_median']):>18}  {e(r['o_median']):>19}  {e(r['o_max']):>16}")
+        lines.append(f"{r['sigma']:>4}  {r['max_score']:>6.0f}  {r['order']:7}  "
+                     f"{r['overflow']:>8.0%}  {e(r['s_median']):>11}  "
+                     f"{e(r['o_median']):>12}  {e(r['o_max']):>12}")
     return "\n".join(lines)
 

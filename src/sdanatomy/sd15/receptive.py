@@ -115,14 +115,14 @@ def sd15_level_counts(config=None, *, path: str = "unet") -> tuple[int, ...]:
 def sd15_accounting(config=None) -> list[tuple[str, int]]:
     """SD-1.5's conv-path R, term by term: what (81) counts, then what it leaves out.
 
-    Returns [(what, pixels added)], starting from (81) on the down path. Each 3×3 conv at level ℓ
-    adds 2·2^ℓ; each term names where in UNet2DConditionModel those convs are.
+    Returns [(what, pixels added)], starting from (81) on the down path. Each 3×3 conv at
+    level ℓ adds 2·2^ℓ; each term names where in UNet2DConditionModel those convs are.
     """
     levels, lpb = _sd15_levels(UNET_CONFIG if config is None else config)
     L = levels - 1
     down = sd15_level_counts(config, path="down")
     return [
-        (f"(81) on the down path: conv_in + 2 convs per ResnetBlock2D, n = {down}", R_unet(down)),
+        (f"(81), down path: conv_in + 2 convs per ResnetBlock2D, n = {down}", R_unet(down)),
         (f"the {L} Downsample2D, 3×3 stride 2: (k↓−1)·2^ℓ each", 2 * (2 ** L - 1)),
         ("mid block: 2 ResnetBlock2D at the coarsest level", 2 * 4 * 2 ** L),
         (f"up blocks: {lpb + 1} ResnetBlock2D per level", 2 * 2 * (lpb + 1) * (2 ** levels - 1)),
