@@ -359,7 +359,9 @@ def formula_table() -> Table:
     tex_names = {C_in: r"C_{\text{in}}", C_out: r"C_{\text{out}}", d_in: r"d_{\text{in}}",
                  d_out: r"d_{\text{out}}", d_ctx: r"d_{\text{ctx}}"}
     rows = [[name, text(e), f"{n:,}", where] for name, e, where, n in entries]
-    html_rows = [[html.escape(name), html.escape(f"\\({sp.latex(sp.expand(e), symbol_names=tex_names)}\\)"),
+    # \small: the longest formula (ResnetBlock2D with shortcut) then fits the text column
+    html_rows = [[html.escape(name),
+                  html.escape(f"\\(\\small {sp.latex(sp.expand(e), symbol_names=tex_names)}\\)"),
                   f"{n:,}", html.escape(where)]
                  for name, e, where, n in entries]
     return Table("Parameters of each building block, as a formula",
