@@ -231,9 +231,9 @@ def test_architecture_only_without_weights(capsys):
     assert (sd.mode, sd.source, sd.unet, sd.text_encoder) == ("architecture only", None, None, None)
     assert sd15.count_parameters(sd.vae) == 83_653_863
     assert capsys.readouterr().out == (
-        "sdanatomy: architecture only — exact SD-1.5 modules with seeded random weights (seed 3); "
-        "generated images will be noise\n")
-    assert sd.describe().startswith("architecture only — exact SD-1.5 modules")
+        "sdanatomy: architecture only (SD-1.5, seeded random weights, seed 3): "
+        "images are noise\n")
+    assert sd.describe().startswith("architecture only (SD-1.5, seeded random weights")
     # The same modules as the builder's, down to the last bit.
     torch.manual_seed(123)
     again = sd15.load(components="vae", device="cpu", seed=3, verbose=False).vae.state_dict()

@@ -450,7 +450,8 @@ def vae_decoder_printed(theta: Mapping, z: torch.Tensor, *,
     """
     _check_ops(ops)
     cfg = decoder_config(config)
-    Z, single = _batch(z, "Def. 8.2 as printed", "the latent Z", cfg["latent_channels"])
+    Z, single = _batch(z, "Def. 8.2 as printed", "the latent Z",
+                       cfg["latent_channels"])
     if not isinstance(theta, Mapping) or not isinstance(theta.get("in.gamma.weight"),
                                                         torch.Tensor) \
             or theta["in.gamma.weight"].dim() != 2:

@@ -327,8 +327,9 @@ class SD15:
     def describe(self) -> str:
         if self.mode == REAL:
             return f"{REAL} from {self.source} ({self.note})"
-        return (f"{ARCHITECTURE} — exact SD-1.5 modules with seeded random weights ({self.note}); "
-                "generated images will be noise")
+        # one line that fits a page's column (≤ 88 characters with load's "sdanatomy: ")
+        return (f"{ARCHITECTURE} (SD-1.5, seeded random weights, {self.note}): "
+                "images are noise")
 
 
 def find_weights(weights=None, *, components=COMPONENTS) -> tuple[Path, str] | None:
