@@ -9,6 +9,9 @@ TORCH ?= torch==2.13.0
 OPEN_CLIP := open_clip_torch==3.3.0
 STAMP := $(VENV)/.installed-stamp
 OFFLINE := SDANATOMY_FORBID_NETWORK=1 HF_HUB_OFFLINE=1
+# Notebooks are executed (make execute) and compared (nbval) with the same number of torch
+# threads: a float32 sum split over another number of threads may round differently.
+NB_THREADS := OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 STATUS := _build/status
@@ -51,11 +54,13 @@ dot:
 	    exit 1; \
 	  fi; }
 
+# The unit tests run in two processes of one torch thread each (pytest-xdist): on two cores
+# that is faster than one process of two threads, because most tests are small.
 pytest: install
-	$(OFFLINE) $(BIN)/pytest tests --ignore=tests/browser
+	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest tests --ignore=tests/browser -n 2 --dist worksteal
 
 nbval: install
-	$(OFFLINE) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider
+	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider
 
 book-strict: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build . --all -W -n --keep-going
@@ -70,7 +75,8 @@ browser: install chromium
 NB ?= $(wildcard book/*.ipynb)
 execute: install
 	@for nb in $(NB); do echo "executing $$nb"; \
-	  $(OFFLINE) $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb" || exit 1; \
+	  $(OFFLINE) $(NB_THREADS) $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb" \
+	    || exit 1; \
 	  $(BIN)/python -c "$$STRIP_TIMING" "$$nb"; done
 
 # nbclient records each cell's execution times in its metadata: noise in the diff, not kept.

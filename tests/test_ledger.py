@@ -67,3 +67,15 @@ def test_bad_sections_are_rejected(section, match):
 def test_unknown_row_name():
     with pytest.raises(KeyError, match="no ledger row named"):
         ledger.get("(999) nothing")
+
+
+def test_formulas_are_cut_only_between_top_level_pieces():
+    # A table cell may wrap a long formula only where TeX has a top-level space, ";" or "\circ".
+    from sdanatomy.ledger import math_pieces
+    tex = r"(H_n,\ (H_1,\dots,H_n))\ \text{or}\ Y = a \circ b(Z);\ \left(x\ y\right)"
+    assert math_pieces(tex) == [r"(H_n,\ (H_1,\dots,H_n))", r"\text{or}", r"Y = a \circ",
+                                "b(Z);", r"\left(x\ y\right)"]
+    for e in ledger.entries():                  # every piece of every row is balanced TeX
+        for p in math_pieces(e.formula):
+            assert not p.endswith("\\"), (e.name, p)
+            assert p.count("(") == p.count(")") and p.count("{") == p.count("}"), (e.name, p)

@@ -251,8 +251,31 @@ async () => {
     closed.forEach(d => { d.open = false; });
     return wide;
   }
+  // Tables wider than their box (the reader scrolls the table sideways), and formulas that
+  // stick out of their table cell (drawn over the next column).
+  function wideTables() {
+    const wide = [];
+    for (const t of document.querySelectorAll("article table")) {
+      if (t.offsetParent === null) continue;
+      const box = t.parentElement;
+      const caption = (t.querySelector("caption") || {}).textContent || "";
+      const at = t.closest("[id]");
+      if (t.scrollWidth > box.clientWidth + PRE_SLACK_PX
+          || t.getBoundingClientRect().right > box.getBoundingClientRect().right + PRE_SLACK_PX)
+        wide.push({at: at ? at.id : "", what: "table " + caption.slice(0, 50),
+                   width: Math.round(t.getBoundingClientRect().width), room: box.clientWidth});
+      for (const m of t.querySelectorAll("td mjx-container")) {
+        const td = m.closest("td"), r = m.getBoundingClientRect(), c = td.getBoundingClientRect();
+        if (r.right > c.right + PRE_SLACK_PX)
+          wide.push({at: at ? at.id : "", what: "formula " + m.textContent.slice(0, 50),
+                     width: Math.round(r.width), room: Math.round(c.width)});
+      }
+    }
+    return wide;
+  }
   return {
     title: document.title,
+    wide_tables: wideTables(),
     has_mathjax: !!window.MathJax,
     merrors: Array.from(document.querySelectorAll("mjx-merror"),
                         e => (e.getAttribute("data-mjx-error") || e.textContent).slice(0, 200)),

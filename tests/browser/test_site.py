@@ -72,6 +72,13 @@ def _wide_code(d) -> list[str]:
             for w in d["wide_pre"]]
 
 
+def _wide_tables(d) -> list[str]:
+    """Every table wider than its box, and every formula that sticks out of its table cell."""
+    return [f"{w['what']!r} wider than its box ({VIEWPORT_WIDTH} px window, {w['width']} > "
+            f"{w['room']} + {PRE_SLACK_PX} px){' at #' + w['at'] if w['at'] else ''}"
+            for w in d["wide_tables"]]
+
+
 def test_page_renders_cleanly(page, visits, server):
     v = visits(page)
     if _redirected(v, server):
@@ -82,6 +89,7 @@ def test_page_renders_cleanly(page, visits, server):
     problems += [f"TeX source left in the text: {t!r}" for t in d["leftovers"]]
     problems += [f"equation wider than the column ({VIEWPORT_WIDTH} px window): {t!r}" for t in d["too_wide"]]
     problems += _wide_code(d)
+    problems += _wide_tables(d)
     problems += [f"image did not load: {i['src']}" for i in d["images"] if not i["ok"]]
     for o in d["objects"]:
         target = _site_path(server, o["url"])
@@ -117,6 +125,34 @@ def test_wide_code_is_reported(browser):
         browser.context.unroute(url, route)
     assert len(problems) == 1, problems
     assert "at #too-wide: 'WIDE_LINE = [1234567, " in problems[0], problems
+
+
+# A table too wide for its 700 px column, one that fits, and a formula too wide for its cell.
+_PROBE_TABLES = "_probe/wide_table.html"
+_PROBE_TABLES_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>probe</title></head>
+<body><article style="width: 700px">
+<section id="fits"><table><caption>fits</caption><tr><td>a</td><td>b</td></tr></table></section>
+<section id="too-wide"><table style="width: 900px"><caption>too wide</caption><tr><td>x</td></tr>
+</table></section>
+<section id="cell"><table style="width: 300px; table-layout: fixed"><caption>cell</caption>
+<tr><td style="width: 50%"><mjx-container style="display: inline-block; width: 400px">f(x)
+</mjx-container></td><td>next</td></tr></table></section></article></body></html>
+"""
+
+
+def test_wide_tables_are_reported(browser):
+    """The table check can fail: it names the over-wide table and the formula that sticks out."""
+    url = browser.base + _PROBE_TABLES
+    route = lambda r: r.fulfill(status=200, content_type="text/html; charset=utf-8",
+                                body=_PROBE_TABLES_HTML)
+    browser.context.route(url, route)
+    try:
+        problems = _wide_tables(visit(browser, _PROBE_TABLES).dom)
+    finally:
+        browser.context.unroute(url, route)
+    assert len(problems) == 2, problems
+    assert "'table too wide'" in problems[0] and "at #too-wide" in problems[0], problems
+    assert "'formula f(x)" in problems[1] and "at #cell" in problems[1], problems
 
 
 def test_links_lead_somewhere(page, visits, server):

@@ -77,6 +77,24 @@ def check_consistency() -> list[str]:
 
 
 HEADER = ("§", "lecture", "checked against", "error vs tolerance", "verdict")
+_TOKEN = re.compile(r"\\[a-zA-Z]+|\\.|.", re.S)   # a TeX control word or symbol, or a character
+
+
+def math_pieces(tex: str) -> list[str]:
+    """A formula cut where a reader may break the line: after a top-level ``\\ `` (TeX's
+    space), ``;`` or ``\\circ``, never inside brackets. Each piece is typeset on its own, so
+    that a long formula wraps in its table cell instead of widening the table."""
+    pieces, cur, depth = [], "", 0
+    for tok in _TOKEN.findall(tex):
+        cur += tok
+        if tok in ("(", "[", "{"):
+            depth += 1
+        elif tok in (")", "]", "}"):
+            depth -= 1
+        elif depth == 0 and tok in ("\\ ", ";", "\\circ"):
+            pieces.append(cur[:-2] if tok == "\\ " else cur)   # the space: between pieces
+            cur = ""
+    return [p.strip() for p in pieces + [cur] if p.strip()]
 
 
 def results_table(results: list[Result], title: str) -> Table:
@@ -94,8 +112,9 @@ def results_table(results: list[Result], title: str) -> Table:
         error = f"{format_error(r.err)} {cmp} {format_error(e.tol)}"
         rows.append([e.section, e.name, e.reference, error, f"{verdict} {mark}"])
         note = f"<br><small>{esc(e.note)}</small>" if e.note else ""
+        formula = " ".join(f"\\({esc(p)}\\)" for p in math_pieces(e.formula))
         html_rows.append([
-            esc(e.section), f"{esc(e.name)}<br><small>\\({esc(e.formula)}\\)</small>", esc(e.reference),
+            esc(e.section), f"{esc(e.name)}<br><small>{formula}</small>", esc(e.reference),
             f"{esc(error)}<br><small>error: {esc(e.error)}; tolerance: {esc(e.why_tol)}</small>",
             f"{esc(verdict)} {mark}{note}"])
     return Table(summary, HEADER, rows, html_rows=html_rows, ok=ok == n)
