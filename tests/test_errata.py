@@ -15,14 +15,19 @@ def test_every_differs_row_of_these_sections_is_an_erratum():
     assert differs - listed == set()
 
 
-def test_check_reports_a_broken_pair():
-    bad = errata.Erratum("(0)", "x", "y", "z", differs="(52)–(57) ResnetBlock2D", matches="no such row")
+def _check_with(bad):
+    """errata.check() with one planted erratum added."""
     saved = errata.ERRATA
     try:
         errata.ERRATA = saved + (bad,)
-        problems = errata.check()
+        return errata.check()
     finally:
         errata.ERRATA = saved
+
+
+def test_check_reports_a_broken_pair():
+    bad = errata.Erratum("(0)", "x", "y", "z", differs="(52)–(57) ResnetBlock2D", matches="no such row")
+    problems = _check_with(bad)
     assert any("is not a 'differs' row" in p for p in problems)
     assert any("is not a 'matches' row" in p for p in problems)
 
@@ -35,13 +40,7 @@ def test_every_erratum_has_one_kind_and_the_kinds_partition_the_errata():
 
 def test_an_erratum_without_a_kind_is_reported():
     bad = errata.Erratum("(0)", "x", "y", "z", differs="no kind given", matches="m")
-    saved = errata.ERRATA
-    try:
-        errata.ERRATA = saved + (bad,)
-        problems = errata.check()
-    finally:
-        errata.ERRATA = saved
-    assert any("has no kind" in p for p in problems)
+    assert any("has no kind" in p for p in _check_with(bad))
 
 
 def test_table_rejects_an_unknown_kind():

@@ -12,6 +12,7 @@ import pytest
 
 from sdanatomy.lecture.config import UNET_CONFIG
 from sdanatomy.pages import skips as skip_figure
+from sdanatomy.pages.diagrams import svg_digest
 from sdanatomy.sd15.wiring import skip_wiring
 
 WIDTHS = UNET_CONFIG["block_out_channels"]              # (320, 640, 1280, 1280)
@@ -68,7 +69,7 @@ def test_the_book_figure_is_current(seen):
     assert committed.is_file(), "run the cell of chapter 8 that writes fig_unet_skips.svg"
     svg = committed.read_text()
     fresh = skip_figure.skip_graph(seen).source
-    assert skip_figure.svg_digest(svg) == hashlib.sha256(fresh.encode()).hexdigest()
+    assert svg_digest(svg) == hashlib.sha256(fresh.encode()).hexdigest()
     ET.fromstring(svg.encode())                                      # well-formed
     # one drawn edge per skip carries its shape as a label
     labels = re.findall(r">\s*(\d+)×(\d+)×(\d+)\s*<", svg)
