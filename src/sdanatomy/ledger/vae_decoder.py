@@ -203,7 +203,8 @@ def _attention_case(seed, dtype):
 
 
 @row(ATTENTION, section="8.2",
-            formula=r"X + \mathrm{unflatten}\big(\mathrm{SDPA}(TW_Q{+}b_Q,\,TW_K{+}b_K,\,TW_V{+}b_V)W_O + b_O\big),"
+            formula=r"X + \mathrm{unflatten}\big(\mathrm{SDPA}(Q, K, V)\,W_O + b_O\big),"
+                    r"\ Q = TW_Q + b_Q,\ K = TW_K + b_K,\ V = TW_V + b_V,"
                     r"\ T = \mathrm{flatten}(\mathrm{GN}(X))",
             reference=f"diffusers Attention {ATTENTION_PATH} (heads=1, residual_connection=True)",
             tol=1e-12, why_tol=F64_BLOCK, error=REL)
