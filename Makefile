@@ -16,7 +16,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 STATUS := _build/status
 
-.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean execute
+.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean execute lab
 
 book: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build .
@@ -80,8 +80,24 @@ execute: install
 	  $(BIN)/python -c "$$STRIP_TIMING" "$$nb"; done
 
 # nbclient records each cell's execution times in its metadata: noise in the diff, not kept.
+# It also stores the sliders' widget state; a page with widget state would load the widget
+# manager from a CDN, and the site is offline (the static figure beside each slider stands in).
 export STRIP_TIMING := import nbformat, sys; nb = nbformat.read(sys.argv[1], 4); \
-  [c.metadata.pop("execution", None) for c in nb.cells]; nbformat.write(nb, sys.argv[1])
+  [c.metadata.pop("execution", None) for c in nb.cells]; nb.metadata.pop("widgets", None); \
+  nbformat.write(nb, sys.argv[1])
+
+# The chapters in JupyterLab, from the same environment, with working sliders (ipywidgets).
+# LAB_ROOT, LAB_ARGS: another folder, more options (tests/browser/test_lab.py passes a scratch
+# folder and a token).
+# Offline: no news feed, no update check; as root (a container, CI) JupyterLab needs --allow-root.
+LAB_PORT ?= 8888
+LAB_ROOT ?= $(CURDIR)
+LAB_ARGS ?=
+lab: install
+	$(OFFLINE) $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir=$(LAB_ROOT) --LabApp.default_url=/lab/tree/book \
+	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 # Speed, reported, never asserted: bench/run.py writes _build/status/bench.json for the status appendix.
 bench: install

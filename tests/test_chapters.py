@@ -51,3 +51,94 @@ def test_the_summary_finder_stops_at_the_next_section(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(cells[0])]),
                    tmp_path / "y.ipynb")
     assert summary(tmp_path / "y.ipynb") == ""
+
+
+# ---------------------------------------------------------------- pictures and experiments (#14)
+RUN_IT = re.compile(r":::\{exercise\} Predict, then run\s*\n:label: (\S+)")
+SLIDER = re.compile(r"\binteract(?:ive)?\(")
+MIN_FIGURES = 2
+MIN_SLIDER_CHAPTERS = 3
+
+
+def figures(nb) -> list[str]:
+    """Names of the captioned figures a notebook computes: code cells whose stored output is an
+    image (or an animation's HTML) and whose metadata gives MyST-NB a caption and a name."""
+    found = []
+    for cell in nb.cells:
+        fig = cell.metadata.get("mystnb", {}).get("figure", {})
+        shown = any({"image/png", "image/svg+xml", "text/html"} & set(o.get("data", {}))
+                    for o in cell.get("outputs", []))
+        if cell.cell_type == "code" and fig.get("caption") and fig.get("name") and shown:
+            found.append(fig["name"])
+    return found
+
+
+def run_it_exercises(nb) -> list[str]:
+    """Labels of the 'Predict, then run' exercises whose gated solution runs code: the
+    solution-start names the exercise, and a code cell with output precedes solution-end."""
+    labels, open_label, ran = [], None, False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for label in RUN_IT.findall(cell.source):
+                labels.append(label)
+            start = re.search(r"\{solution-start\} (\S+)", cell.source)
+            if start:
+                open_label, ran = start.group(1), False
+            if "{solution-end}" in cell.source and open_label:
+                if ran and open_label in labels:
+                    yield open_label
+                open_label = None
+        elif open_label and cell.get("outputs"):
+            ran = True
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_computes_captioned_figures(chapter):
+    names = figures(nbformat.read(REPO / f"{chapter}.ipynb", 4))
+    assert len(names) >= MIN_FIGURES, f"{chapter}: captioned computed figures {names}"
+    assert all(n.startswith("fig-") for n in names), names
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_has_a_run_it_exercise_with_an_executed_answer(chapter):
+    done = list(run_it_exercises(nbformat.read(REPO / f"{chapter}.ipynb", 4)))
+    assert done, f"{chapter}: no 'Predict, then run' exercise with an executed solution"
+
+
+def test_sliders_in_three_chapters_hidden_on_the_site():
+    with_slider = []
+    for chapter in CHAPTERS:
+        cells = [c for c in nbformat.read(REPO / f"{chapter}.ipynb", 4).cells
+                 if c.cell_type == "code" and SLIDER.search(c.source)]
+        for c in cells:   # a slider needs a kernel: the site shows the static figure instead
+            assert "remove-output" in c.metadata.get("tags", []), (chapter, c.source[:80])
+        if cells:
+            with_slider.append(chapter)
+    assert len(with_slider) >= MIN_SLIDER_CHAPTERS, with_slider
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "book").glob("*.ipynb")), ids=lambda p: p.name)
+def test_no_notebook_stores_widget_state(notebook):
+    # with it, MyST-NB would load the widget manager from a CDN: the site is offline
+    assert "widgets" not in nbformat.read(notebook, 4).metadata
+
+
+def test_the_structure_finders_see_what_they_should(tmp_path):
+    v4 = nbformat.v4
+    fig_cell = v4.new_code_cell("fig", metadata={"mystnb": {"figure": {
+        "caption": "Look.", "name": "fig-x"}}})
+    fig_cell.outputs = [v4.new_output("display_data", data={"image/png": "AA=="})]
+    bare = v4.new_code_cell("fig")
+    bare.outputs = list(fig_cell.outputs)                     # an image without a caption
+    ran = v4.new_code_cell("print(9)")
+    ran.outputs = [v4.new_output("stream", text="9\n")]
+    nb = v4.new_notebook(cells=[
+        fig_cell, bare,
+        v4.new_markdown_cell(":::{exercise} Predict, then run\n:label: ex-a\n\nx\n:::\n\n"
+                             "```{solution-start} ex-a\n:class: dropdown\n```"),
+        ran, v4.new_markdown_cell("```{solution-end}\n```"),
+        v4.new_markdown_cell(":::{exercise} Predict, then run\n:label: ex-b\n\ny\n:::\n\n"
+                             "```{solution-start} ex-b\n```"),
+        v4.new_code_cell("print(1)"), v4.new_markdown_cell("```{solution-end}\n```")])
+    assert figures(nb) == ["fig-x"]
+    assert list(run_it_exercises(nb)) == ["ex-a"]           # ex-b's answer never ran

@@ -224,3 +224,41 @@ def test_one_screenshot_per_chapter(toc, visits):
     for page in toc:
         shot = visits(page).screenshot
         assert shot is not None and shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", page
+
+
+# An animation (matplotlib's to_jshtml) plays on the static site: pressing its Play button moves
+# the frame slider and changes the image shown. The book has at least one (chapter 3's DDIM
+# trajectory).
+ANIMATION_PAGES = ["book/ch03_freedom.html"]
+
+
+def _animation_state(tab, index):
+    return tab.evaluate("(i) => { const a = document.querySelectorAll('div.animation')[i];"
+                        " return [a.querySelector('img').src,"
+                        " a.querySelector('input.anim-slider').value]; }", index)
+
+
+@pytest.mark.parametrize("page", ANIMATION_PAGES)
+def test_animations_play(page, browser, server):
+    tab = browser.context.new_page()
+    errors = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        tab.goto(f"{server.base}{page}", wait_until="load")
+        count = tab.locator("div.animation").count()
+        assert count >= 1, f"{page} shows no animation"
+        for i in range(count):
+            anim = tab.locator("div.animation").nth(i)
+            anim.locator("button[title='First frame']").click()
+            before = _animation_state(tab, i)
+            anim.locator("button[title='Play']").click()
+            tab.wait_for_function(
+                "([i, old]) => { const a = document.querySelectorAll('div.animation')[i];"
+                " return a.querySelector('input.anim-slider').value !== old; }",
+                arg=[i, before[1]], timeout=10_000)
+            anim.locator("button[title='Pause']").click()
+            after = _animation_state(tab, i)
+            assert after[0] != before[0] and after[1] != before[1], (page, i)
+    finally:
+        tab.close()
+    assert not errors, errors
