@@ -138,7 +138,8 @@ def test_the_import_graph_figure_is_current():
 
 def test_row_modules_are_every_module_of_the_ledger_but_its_machinery():
     folder = ROOT / "src" / "sdanatomy" / "ledger"
-    found = {f.stem for f in folder.glob("*.py")} - {"__init__", "registry", "errata"}
+    # the machinery, the errata and the catalogue of prose claims register no rows
+    found = {f.stem for f in folder.glob("*.py")} - {"__init__", "registry", "errata", "claims"}
     assert set(ledger.ROW_MODULES) == found
     for name in ledger.ROW_MODULES:     # each is imported by the ledger itself, not found by search
         assert f"sdanatomy.ledger.{name}" in sys.modules
