@@ -29,9 +29,11 @@ from sdanatomy.lecture.notation import to_torch_index
 
 __all__ = [
     "conv_output_size", "conv2d", "conv2d_literal", "conv2d_as_printed",      # 6.1
+    "conv2d_theta_shapes", "conv2d_parameter_count",
     "linear", "silu", "softmax", "softmax_literal",                           # 6.2–6.3
     "group_norm", "group_norm_literal",                                       # 6.4
     "downsample_2d", "downsample_2d_nearest", "downsample_2d_average",        # 6.5
+    "downsample_2d_asymmetric",
     "interpolate_nearest", "upsample_2d", "upsample_2d_transposed_kernel",
     "concat",                                                                 # 6.6
     "conv1x1", "rgb_head", "sub",                                             # 6.11
@@ -97,6 +99,25 @@ def conv_output_size(H: int, k: int, s: int, p: int) -> int:
                          f"k ≤ H + 2p (so that H' ≥ 1, Def. 6.1); "
                          f"got k={k}, H={H}, p={p}")
     return (H - k + 2 * p) // s + 1
+
+
+def conv2d_theta_shapes(C_in: int, C_out: int, k_h: int, k_w: int) -> dict:
+    """Θ_Conv2d, Def. 6.1, eq. (13), as the shapes of its tensors.
+
+    {W^(o) ∈ R^(C_in×k_h×k_w), b_o ∈ R}, o = 1, …, C_out, stacked as torch stacks them:
+    weight (C_out, C_in, k_h, k_w) and bias (C_out,). Ledger: ``ledger.where("(13)")``.
+    """
+    for name, v in (("C_in", C_in), ("C_out", C_out), ("k_h", k_h), ("k_w", k_w)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"Θ_Conv2d (13) needs a positive integer {name}; "
+                             f"got {v!r}")
+    return {"weight": (C_out, C_in, k_h, k_w), "bias": (C_out,)}
+
+
+def conv2d_parameter_count(C_in: int, C_out: int, k_h: int, k_w: int) -> int:
+    """|Θ_Conv2d| of (13): C_out kernels of C_in·k_h·k_w numbers and one bias each."""
+    conv2d_theta_shapes(C_in, C_out, k_h, k_w)                 # the same checks
+    return C_out * (C_in * k_h * k_w + 1)
 
 
 def _conv_setup(theta, X, stride, padding, bias, layer="Conv2d"):
@@ -328,6 +349,23 @@ def downsample_2d(theta: Mapping, X: torch.Tensor, *, padding: int = 1) -> torch
                  "(20): diffusers' Downsample2D holds the Conv2d as conv",
                  ("conv.weight", "conv.bias"))
     return conv2d(sub(theta, "conv"), X, stride=2, padding=padding)   # (20)
+
+
+def downsample_2d_asymmetric(theta: Mapping, X: torch.Tensor) -> torch.Tensor:
+    """Downsample2D of SD-1.5's VAE encoder: one zero row at the bottom and one zero
+    column at the right, then (20) with p = 0: Conv2d^(3,3; 2,2; 0,0)(pad(X)).
+
+    Mirrors diffusers' Downsample2D(padding=0), which pads (0, 1, 0, 1) itself: not the
+    symmetric (p_h, p_w) of (14). X: (B, C, H, W) -> (B, C, ⌊H/2⌋, ⌊W/2⌋)
+    theta: conv.weight (C, C, 3, 3), conv.bias (C,). Ledger: ``ledger.where("(20)")``.
+    """
+    _check_theta(theta, "Downsample2D (VAE encoder)",
+                 "(20): diffusers' Downsample2D holds the Conv2d as conv",
+                 ("conv.weight", "conv.bias"))
+    X4, single = _image(X, "Downsample2D (VAE encoder)")
+    Xp = F.pad(X4, (0, 1, 0, 1))                  # left 0, right 1, top 0, bottom 1
+    Y = conv2d(sub(theta, "conv"), Xp, stride=2, padding=0)            # (20), p = 0
+    return Y[0] if single else Y
 
 
 def _halved(X, layer) -> tuple[torch.Tensor, bool, int, int]:
