@@ -137,8 +137,11 @@ def equations(name: str) -> tuple[int, ...]:
 
 def functions(entry: Entry) -> list[str]:
     """The lecture's functions a row checks: those it names (``checks``) and those its measure
-    calls, directly or through its own module's helpers."""
+    (and, for a "differs" row, its second route) calls, directly or through its own module's
+    helpers."""
     found, seen, todo = list(entry.checks), set(), [entry.measure]
+    if entry.route is not None:
+        todo.insert(0, entry.route.compute)     # popped last: the measure's functions first
     while todo:
         f = inspect.unwrap(todo.pop())      # through decorators such as receptive.single_thread
         if f in seen or not isinstance(f, types.FunctionType):

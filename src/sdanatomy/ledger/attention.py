@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.layers import softmax
 from sdanatomy.lecture.attention import (NO_OUTPUT_BIAS, ONE_HEAD, PRINTED_SLIPS, Q_FROM_W_O, scaled_dot_product_attention, scaled_dot_product_attention_printed,
     soft_lookup, lookup, HALF_UNIT, claims_example_6_2, claims_exercise_6_1, weights_along_ray,
@@ -46,12 +46,24 @@ def _row_sdpa(seed=0, dtype=torch.float64):
                (tau_sqrt_d - ref).abs().max().item())
 
 
+def _route_sdpa_printed(seed=0, dtype=torch.float64):
+    Q, K, V = _qkv(seed, dtype)
+    # (17) with τ = 1/√d: exp((s/√d)/τ) = exp(s): torch's kernel with its scale set to 1
+    return scaled_dot_product_attention_printed(Q, K, V), F.scaled_dot_product_attention(Q, K, V, scale=1.0)
+
+
 @row("(30) ScaledDotProductAttention, as printed", section="6.8",
             formula=r"\mathrm{Softmax}^{(1/\sqrt d)}(QK^\top/\sqrt d)\,V",
             reference="F.scaled_dot_product_attention (torch)", tol=TOL_SDPA, why_tol=F64_SDPA,
             verdict="differs", corrected_by="(30) ScaledDotProductAttention",
             note="With (17)'s temperature τ = 1/√d the two scalings cancel: the printed formula is "
-                 "Softmax(QKᵀ)V, unscaled. PyTorch and SD-1.5 divide the scores by √d once.")
+                 "Softmax(QKᵀ)V, unscaled. PyTorch and SD-1.5 divide the scores by √d once.",
+     route=Route(_route_sdpa_printed,
+                 how="F.scaled_dot_product_attention(Q, K, V, scale=1): the printed scores "
+                     "(QKᵀ/√d)/τ with τ = 1/√d, by torch's kernel",
+                 atol=1e-12, rtol=1e-12,
+                 why="float64; scores up to |QKᵀ| ≈ 40 go through exp in two orders: "
+                     "≲ 40·2⁻⁵³ ≈ 5e-15 relative in each weight, sums of 9 terms"))
 def _row_sdpa_printed(seed=0, dtype=torch.float64):
     Q, K, V = _qkv(seed, dtype)
     ref = F.scaled_dot_product_attention(Q, K, V)
@@ -128,6 +140,32 @@ def _printed_row(slips):
     return measure
 
 
+def printed_attention_module(attn, slips):
+    """A copy of a diffusers Attention rewired to compute (31)–(33) as printed, by diffusers'
+    own processor: Q = X W_O sets to_q to to_out.0's weight; one head sets heads = 1 (the
+    processor then splits nothing and scales by 1/√C); no b_O zeroes to_out.0's bias."""
+    m = copy.deepcopy(attn)
+    with torch.no_grad():
+        if Q_FROM_W_O in slips:
+            m.to_q.weight.copy_(m.to_out[0].weight)            # Q = X W_O, W_O = to_out.0.weightᵀ
+        if NO_OUTPUT_BIAS in slips:
+            m.to_out[0].bias.zero_()
+    if ONE_HEAD in slips:
+        m.heads = 1
+    return m
+
+
+def _printed_route(slips):
+    def compute(seed=0, dtype=torch.float64):
+        g = torch.Generator().manual_seed(seed)
+        attn = sd15_attention(320, cross=False, seed=seed, dtype=dtype)
+        X = torch.randn(2, 16, 320, generator=g, dtype=dtype)
+        with torch.no_grad():
+            independent = printed_attention_module(attn, slips)(X)
+        return multihead_attention_printed(dict(attn.state_dict()), X, None, slips=slips), independent
+    return compute
+
+
 for _name, _slips, _formula, _note in [
     ("(31)–(32) MultiheadAttention, as printed: Q = X W_O", (Q_FROM_W_O,), r"Q = XW_O",
      "(31) lists W_O twice and no W_Q, and (32) computes Q = X W_O; the query projection is W_Q "
@@ -143,7 +181,11 @@ for _name, _slips, _formula, _note in [
      "All three printed readings together: Q = X W_O, one head, no output bias."),
 ]:
     row(_name, section="6.8", formula=_formula, reference=MHA_REF + ", N = 16", tol=TOL_MHA,
-               why_tol=F64_MHA, verdict="differs", corrected_by=MHA_SELF, note=_note)(_printed_row(_slips))
+        why_tol=F64_MHA, verdict="differs", corrected_by=MHA_SELF, note=_note,
+        route=Route(_printed_route(_slips),
+                    how="diffusers' Attention (AttnProcessor2_0) rewired as printed: to_q ← "
+                        "to_out.0's weight, heads ← 1, to_out.0's bias ← 0, as the slips say",
+                    atol=1e-12, rtol=1e-12, why=F64_MHA))(_printed_row(_slips))
 
 
 # §6.8.1: the dictionary
@@ -202,15 +244,29 @@ def _row_e_sqrt2_corrected(seed=0, dtype=torch.float64):
     return abs(4.11325037 - math.exp(1.41421356))
 
 
+def _printed_s1() -> float:
+    """The value (46) prints for e^1.41421356, as the package holds the lecture's numbers."""
+    return next(p for what, p, _ in claims_exercise_6_1() if what.startswith("s_1 = e^√2"))
+
+
+def _route_e_sqrt2_printed(seed=0, dtype=torch.float64):
+    # the printed number, and e^√2 itself rounded to 8 decimals: the print rounds e^√2, not e^1.41421356
+    return _printed_s1(), round(math.exp(math.sqrt(2)), 8)
+
+
 @row("(46) e^1.41421356 ≈ 4.11325038, as printed", section="6.8.1",
             formula=r"e^{1.41421356} \approx 4.11325038", reference="math.exp(1.41421356)",
             tol=HALF_UNIT, why_tol=PRINTED_TOL, error="|printed − exp|", verdict="differs",
             corrected_by="(46) e^1.41421356 ≈ 4.11325037",
             note="4.11325038 is s_1 = e^√2 correctly rounded, but e^1.41421356 = 4.1132503690…: rounding √2 "
                  "to 8 decimals (error 4.4e-9) is multiplied by e^√2 ≈ 4.1. Later numbers are unaffected.",
-     checks=("sdanatomy.lecture.attention.worked_example",))
+     checks=("sdanatomy.lecture.attention.worked_example",),
+     route=Route(_route_e_sqrt2_printed,
+                 how="the printed s_1 of claims_exercise_6_1 against round(e^√2, 8) (math.exp, math.sqrt)",
+                 atol=1e-12, rtol=0.0,
+                 why="two 8-decimal numbers in float64: equal up to their representation, < 1e-15"))
 def _row_e_sqrt2_printed(seed=0, dtype=torch.float64):
-    return abs(4.11325038 - math.exp(1.41421356))
+    return abs(_printed_s1() - math.exp(1.41421356))
 
 
 LIMIT_TOL = "α = 1000: the other weights are < 1e-30 for these draws; float64 rounds π to the limit"
@@ -248,6 +304,15 @@ def _row_limit(seed=0, dtype=torch.float64):
     return _limit_error(seed, dtype, signs=(1.0,))
 
 
+def _route_limit_printed(seed=0, dtype=torch.float64):
+    ours, torchs = [], []
+    for sign in (1.0, -1.0):
+        for q, K, _ in _limit_draws(seed, dtype, sign=sign):
+            ours.append(weights_along_ray(q, K, [1000.0])[0])
+            torchs.append(torch.softmax(1000.0 * (K @ q) / math.sqrt(q.shape[0]), dim=-1))
+    return torch.stack(ours), torch.stack(torchs)
+
+
 @row("(51) hard-dictionary limit, as printed: k_{m*} ∥ q", section="6.8.1",
             formula=r"\pi(\alpha q) \to e_{m^*},\ k_{m^*} \parallel q",
             reference="the one-hot vector e_{m*} that (51) claims", tol=1e-15, why_tol=LIMIT_TOL,
@@ -255,7 +320,12 @@ def _row_limit(seed=0, dtype=torch.float64):
             verdict="differs", corrected_by="(51) hard-dictionary limit, k_{m*} = c q with c > 0",
             note="Parallel includes anti-parallel (and k_{m*} = 0): for k_{m*} = −c q the score of m* goes "
                  "to −∞, π_{m*}(αq) → 0 and the weight spreads evenly over the other keys. The proof's "
-                 "⟨q_α, k_{m*}⟩ = α‖q‖‖k_{m*}‖ holds only for the same direction, which Remark 6.4 means.")
+                 "⟨q_α, k_{m*}⟩ = α‖q‖‖k_{m*}‖ holds only for the same direction, which Remark 6.4 means.",
+     route=Route(_route_limit_printed,
+                 how="torch.softmax(1000·Kq/√d) on the same 40 draws against weights_along_ray "
+                     "(the book's (35) with (17))",
+                 atol=1e-15, rtol=1e-12,
+                 why="float64 weights in [0, 1] by two softmax routines: a few units of 2⁻⁵³"))
 def _row_limit_printed(seed=0, dtype=torch.float64):
     return _limit_error(seed, dtype, signs=(1.0, -1.0))
 

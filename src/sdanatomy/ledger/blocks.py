@@ -13,23 +13,32 @@ References are diffusers' own modules, never restated here:
 Θ is seeded: matrices and kernels U(±1/√fan_in), as torch initialises them, and every vector
 (biases, GroupNorm/LayerNorm γ and β) N(0, 1), so that no parameter sits at a value (γ = 1,
 β = 0) that could hide a mistake. Errors are relative: max|ours − diffusers| / max|diffusers|.
+
+Each "differs" row computes its printed reading a second way (its ``Route``): diffusers' own
+submodules called in the printed order (:func:`_resnet_by_modules`,
+:func:`_attention_only_by_modules`), the printed function run with its resolutions recorded,
+or a count from the book's Θ shapes of SD-1.5's configuration (``lecture.unet.theta_shapes``).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
 
-from sdanatomy.lecture import attention
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.blocks import (ATTENTION_ONLY, CHAIN_SKIPS_ATTENTION, FILM_AFTER_NORM, NO_SILU_ON_H,
-                     RESNET_SLIPS, TORCH, cross_attn_down_block_2d, cross_attn_down_block_2d_printed,
-                     cross_attn_up_block_2d, down_block_2d, down_block_2d_printed, feed_forward,
+                     RESNET_SLIPS, TORCH, UNFLATTEN_Y, cross_attn_down_block_2d,
+                     cross_attn_down_block_2d_printed, cross_attn_up_block_2d,
+                     cross_attn_up_block_2d_printed, down_block_2d, down_block_2d_printed, feed_forward,
                      layer_norm, mid_block_2d_cross_attn, mid_block_2d_cross_attn_printed,
                      printed_resnet_theta, resnet_block_2d, resnet_block_2d_printed, transformer_2d,
-                     transformer_2d_printed, up_block_2d)
+                     transformer_2d_printed, up_block_2d, up_block_2d_printed)
+from sdanatomy.lecture.config import UNET_CONFIG, VAE_CONFIG
 from sdanatomy.lecture.layers import EPS_UNET, EPS_VAE, sub
+from sdanatomy.lecture.unet import theta_shapes as unet_theta_shapes
+from sdanatomy.lecture.vae_decoder import theta_shapes as vae_theta_shapes
 from sdanatomy.sd15.reference import (meta, seed_parameters, reference, sd15_module, narrow_unet, NARROW_WIDTHS, NARROW_UNET_CONFIG, ResnetBlock2D, CrossAttnUpBlock2D, DownBlock2D, UpBlock2D, get_down_block)
 
 REL = "max |ours − diffusers| / max |diffusers|"
@@ -60,6 +69,59 @@ def _rel_states(ours, ref) -> float:
     if len(S) != len(s) or any(a.shape != b.shape for a, b in zip(S, s)):
         return math.inf
     return max([_rel(Y, y)] + [_rel(a, b) for a, b in zip(S, s)])
+
+
+# --- second routes: diffusers' own modules, called in the printed order -------------------
+
+ROUTE_BLOCK = ("float64; the same layers (torch's kernels inside diffusers' modules, the book's "
+               "or torch's in the printed function) summed in other orders: ≲ 1e-13 of the output "
+               "scale, which is ≲ 100 here")
+ROUTE_ATOL = ROUTE_RTOL = 1e-11
+
+
+def _block_route(how: str, compute) -> Route:
+    return Route(compute, how=how, atol=ROUTE_ATOL, rtol=ROUTE_RTOL, why=ROUTE_BLOCK)
+
+
+def _count_route(how: str, compute) -> Route:
+    return Route(compute, how=how, atol=0.0, rtol=0.0, why="counts: integers, exact")
+
+
+def _resnet_by_modules(m, X, h, slips):
+    """Def. 6.15 as printed, by diffusers' ResnetBlock2D's own submodules in the printed wiring,
+    with printed_resnet_theta's map: γ(h) = 1, β = time_emb_proj, Θ^(s) = identity where SD-1.5
+    has no shortcut (so S = X)."""
+    act = m.nonlinearity
+    W1 = m.conv1(act(m.norm1(X)))                                       # (52)
+    h_in = h if NO_SILU_ON_H in slips else act(h)                       # (53): h, as printed
+    beta = m.time_emb_proj(h_in)[:, :, None, None]                      # (53) β(h)
+    U2 = m.norm2(W1) + beta if FILM_AFTER_NORM in slips else m.norm2(W1 + beta)   # (54)
+    W2 = m.conv2(act(U2))                                               # (55)
+    S = m.conv_shortcut(X) if m.conv_shortcut is not None else X        # (56)
+    return S + W2                                                       # (57)
+
+
+def _attention_only_by_modules(tm, X, C):
+    """(64)–(67) = (69)–(72) as printed, by diffusers: flatten, attn1, attn2, unflatten."""
+    B, Ch, H, W = X.shape
+    block = tm.transformer_blocks[0]
+    T = X.permute(0, 2, 3, 1).reshape(B, H * W, Ch)                     # (25)
+    V = block.attn2(block.attn1(T), encoder_hidden_states=C)            # (65)–(66)
+    return V.reshape(B, H, W, Ch).permute(0, 3, 1, 2)                   # (26)
+
+
+def _stage_by_modules(tm, X, C, slips):
+    if ATTENTION_ONLY in slips:
+        return _attention_only_by_modules(tm, X, C)
+    return tm(X, encoder_hidden_states=C, return_dict=False)[0]
+
+
+def _recording_ops(seen: list):
+    """TORCH's layers, recording the H×W of every GroupNorm input: where the resnets run."""
+    def group_norm(theta, X, **kw):
+        seen.append(tuple(X.shape[-2:]))
+        return TORCH.group_norm(theta, X, **kw)
+    return dataclasses.replace(TORCH, name="recording", group_norm=group_norm)
 
 
 # --- 6.9 ResnetBlock2D (52)–(57) -----------------------------------------------------------
@@ -106,6 +168,22 @@ def _printed_resnet_row(slips):
     return measure
 
 
+def _printed_resnet_route(slips):
+    def compute(seed=0, dtype=torch.float64):
+        ours, theirs = [], []
+        for path in RESNETS:
+            m = sd15_module(path, seed=seed, dtype=dtype)
+            th, X, h, _ = _resnet_case(path, seed, dtype)
+            ours.append(resnet_block_2d_printed(printed_resnet_theta(th), X, h, eps=EPS_UNET,
+                                                slips=slips).flatten())
+            with torch.no_grad():
+                theirs.append(_resnet_by_modules(m, X, h, slips).flatten())
+        return torch.cat(ours), torch.cat(theirs)
+    return Route(compute, how="diffusers ResnetBlock2D's own norm1, conv1, time_emb_proj, norm2, "
+                              "conv2, conv_shortcut called in the printed order, both blocks",
+                 atol=ROUTE_ATOL, rtol=ROUTE_RTOL, why=ROUTE_BLOCK)
+
+
 PRINTED_MAP = ("Θ mapped by printed_resnet_theta: Θ^(β) = time_emb_proj, γ(h) ≡ 1, Θ^(s) = identity "
                "where SD-1.5 has no shortcut")
 for _name, _slips, _formula, _note in [
@@ -126,8 +204,9 @@ for _name, _slips, _formula, _note in [
      "as SD-1.5). " + PRINTED_MAP + "."),
 ]:
     row(_name, section="6.9", formula=_formula, reference=RESNET_REF, tol=TOL_BLOCK,
-               why_tol="the tolerance of the matching row", error=REL + ", the smaller of two blocks",
-               verdict="differs", corrected_by="(52)–(57) ResnetBlock2D", note=_note)(_printed_resnet_row(_slips))
+        why_tol="the tolerance of the matching row", error=REL + ", the smaller of two blocks",
+        verdict="differs", corrected_by="(52)–(57) ResnetBlock2D", note=_note,
+        route=_printed_resnet_route(_slips))(_printed_resnet_row(_slips))
 
 
 def _sd15_resnets():
@@ -146,6 +225,19 @@ def _row_shortcut(seed=0, dtype=torch.float64):
                      for m in _sd15_resnets()))
 
 
+def _resnet_prefixes(shapes) -> list[str]:
+    return [k.removesuffix(".norm1.weight") for k in shapes
+            if ".resnets." in k and k.endswith(".norm1.weight")]
+
+
+def _no_shortcut_in_config() -> int:
+    """Resnets of SD-1.5's U-Net and VAE decoder whose Θ, by the book's shape tables, has no
+    conv_shortcut: where (56)'s Θ^(s) has nothing to be."""
+    return sum(f"{p}.conv_shortcut.weight" not in shapes
+               for shapes in (unet_theta_shapes(UNET_CONFIG), vae_theta_shapes(VAE_CONFIG))
+               for p in _resnet_prefixes(shapes))
+
+
 @row("(56) shortcut Conv1x1 in every block, as printed", section="6.9",
             formula=r"S = \mathrm{Conv1x1}_{\Theta^{(s)}}(X)",
             reference="the 36 ResnetBlock2D modules of SD-1.5's U-Net (22) and VAE decoder (14)", tol=0,
@@ -154,7 +246,12 @@ def _row_shortcut(seed=0, dtype=torch.float64):
             note="(56) gives every block a learnable 1×1 conv Θ^(s). SD-1.5 has one only where the channel "
                  "count changes; elsewhere S = X, with no parameters (an identity kernel would compute the "
                  "same, but it is not in Θ: the printed Θ_ResnetBlock2D has C² + C parameters too many).",
-     checks=("sdanatomy.lecture.blocks.resnet_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.resnet_block_2d_printed",),
+     route=_count_route("the same count from the book's own Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes, lecture.vae_decoder.theta_shapes): resnets "
+                        "without conv_shortcut.weight",
+                        lambda seed=0, dtype=torch.float64: (_row_shortcut_printed(seed, dtype),
+                                                             float(_no_shortcut_in_config()))))
 def _row_shortcut_printed(seed=0, dtype=torch.float64):
     return float(sum(m.conv_shortcut is None for m in _sd15_resnets()))
 
@@ -182,6 +279,12 @@ def _row_transformer(seed=0, dtype=torch.float64):
     return _rel(transformer_2d(th, X, C, heads=8), ref)
 
 
+def _route_transformer_printed(seed, dtype):
+    th, X, C, _, m = _transformer_case(seed, dtype)
+    with torch.no_grad():
+        return transformer_2d_printed(th, X, C, heads=8), _attention_only_by_modules(m, X, C)
+
+
 @row("(69)–(72) attention stage, as printed: MHA_self then MHA_cross", section="6.10",
             formula=r"\mathrm{unflatten}(\mathrm{MHA_{cross}}(\mathrm{MHA_{self}}(T, T), C))",
             reference=TRANSFORMER_REF, tol=TOL_BLOCK, why_tol="the tolerance of the matching row",
@@ -189,7 +292,10 @@ def _row_transformer(seed=0, dtype=torch.float64):
             note="SD-1.5's attention stage is a Transformer2DModel: GroupNorm (ε = 1e-6) and a 1×1 conv "
                  "proj_in, then LayerNorm → self-attention + residual, LayerNorm → cross-attention + residual, "
                  "LayerNorm → GEGLU feed-forward + residual, then a 1×1 conv proj_out and + X. The print keeps "
-                 "only the two attentions (Θ^self = attn1, Θ^cross = attn2, read as corrected in §6.8).")
+                 "only the two attentions (Θ^self = attn1, Θ^cross = attn2, read as corrected in §6.8).",
+     route=_block_route("diffusers' attn1 and attn2 of transformer_blocks.0 called on the flattened X "
+                        "and unflattened back, nothing else",
+                        lambda seed=0, dtype=torch.float64: _route_transformer_printed(seed, dtype)))
 def _row_transformer_printed(seed=0, dtype=torch.float64):
     th, X, C, ref, _ = _transformer_case(seed, dtype)
     return _rel(transformer_2d_printed(th, X, C, heads=8), ref)
@@ -225,18 +331,18 @@ def _row_feed_forward(seed=0, dtype=torch.float64):
 
 @row("(30)–(33) fast path: F.scaled_dot_product_attention", section="6.10",
             formula=r"\mathrm{SDPA_{torch}}(Q,K,V) = \mathrm{Softmax}(QK^\top/\sqrt d)\,V",
-            reference="lecture.attention.multihead_attention (the book's (30)–(33)), on SD-1.5's attn1 and "
-                      "attn2 Θ of down_blocks.0.attentions.0 (320 wide, 8 heads, N = 30, M = 77)",
-            tol=TOL_BLOCK, why_tol=F64_BLOCK, error="max |fast − book| / max |book|",
-     checks=("sdanatomy.lecture.attention.multihead_attention",))
+            reference="diffusers Attention: attn1 and attn2 of SD-1.5's down_blocks.0.attentions.0"
+                      ".transformer_blocks.0 (320 wide, 8 heads, N = 30, M = 77)",
+            tol=TOL_BLOCK, why_tol=F64_BLOCK, error="max |fast − diffusers| / max |diffusers|",
+     checks=("sdanatomy.lecture.blocks.TORCH",))
 def _row_fast_attention(seed=0, dtype=torch.float64):
-    th, _, C, _, _ = _transformer_case(seed, dtype)
+    th, _, C, _, m = _transformer_case(seed, dtype)
     T = _randn(seed + 2, dtype, 2, 30, 320)
-    err = 0.0
+    block, err = m.transformer_blocks[0], 0.0
     for name, ctx in (("attn1", None), ("attn2", C)):
-        theta = sub(th, f"transformer_blocks.0.{name}")
-        book = attention.multihead_attention(theta, T, ctx, heads=8)
-        err = max(err, _rel(TORCH.attention(theta, T, ctx, heads=8), book))
+        with torch.no_grad():
+            ref = getattr(block, name)(T, encoder_hidden_states=ctx)
+        err = max(err, _rel(TORCH.attention(sub(th, f"transformer_blocks.0.{name}"), T, ctx, heads=8), ref))
     return err
 
 
@@ -286,6 +392,12 @@ def _row_down_printed_output(seed=0, dtype=torch.float64):
         return _rel(down_block_2d_printed(_theta(m), X, h), m(X, h)[0])
 
 
+def _down_blocks_without_down() -> int:
+    shapes = unet_theta_shapes(UNET_CONFIG)
+    return sum(kind == "DownBlock2D" and f"down_blocks.{i}.downsamplers.0.conv.weight" not in shapes
+               for i, kind in enumerate(UNET_CONFIG["down_block_types"]))
+
+
 @row("(59) DownBlock2D ends with Downsample2D, as printed", section="6.10",
             formula=r"\mathrm{DownBlock2D}(X, h) = \mathrm{Downsample2D}(H_n)",
             reference="SD-1.5's U-Net (diffusers, meta): its DownBlock2D modules", tol=0, why_tol=COUNT,
@@ -295,7 +407,12 @@ def _row_down_printed_output(seed=0, dtype=torch.float64):
                  "downsampler: its output keeps the input's H×W and (59) cannot run on its Θ (there is no "
                  "Θ_Down). Where a DownBlock2D has one, (59) is right (the row above). The block also hands "
                  "every H_r to the up path (skip states), which (59) does not return.",
-     checks=("sdanatomy.lecture.blocks.down_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.down_block_2d_printed",),
+     route=_count_route("the same count from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes): DownBlock2D levels without "
+                        "downsamplers.0.conv.weight",
+                        lambda seed=0, dtype=torch.float64: (_row_down_printed(seed, dtype),
+                                                             float(_down_blocks_without_down()))))
 def _row_down_printed(seed=0, dtype=torch.float64):
     return float(sum(b.downsamplers is None for b in meta("unet").down_blocks if isinstance(b, DownBlock2D)))
 
@@ -342,6 +459,19 @@ def _printed_channel_misfits(block) -> int:
     return misfits
 
 
+def _misfits_in_config(kind: str) -> int:
+    """Resnets r ≥ 2 of SD-1.5's up blocks of ``kind`` whose C_in, by the book's Θ shapes of the
+    config (lecture.unet.theta_shapes), is not resnet r − 1's C_out: what the print feeds them."""
+    shapes, bad = unet_theta_shapes(UNET_CONFIG), 0
+    for i, k in enumerate(UNET_CONFIG["up_block_types"]):
+        r = 1
+        while k == kind and f"up_blocks.{i}.resnets.{r}.norm1.weight" in shapes:
+            bad += (shapes[f"up_blocks.{i}.resnets.{r}.norm1.weight"][0]
+                    != shapes[f"up_blocks.{i}.resnets.{r - 1}.conv1.weight"][0])
+            r += 1
+    return bad
+
+
 @row("(60)–(62) UpBlock2D, as printed: one skip", section="6.10",
             formula=r"Y_0 = \mathrm{Concat}(\mathrm{Up}(X), S),\ Y_r = \mathrm{Res}(Y_{r-1}, h)",
             reference="SD-1.5's UpBlock2D (diffusers, meta): the widths its resnets read", tol=0, why_tol=COUNT,
@@ -350,7 +480,11 @@ def _printed_channel_misfits(block) -> int:
             note="SD-1.5's up blocks concatenate a skip state before *each* of their n = 3 resnets (the last "
                  "made first), so resnets 2 and 3 read C + C_skip channels; (60)–(61) concatenate one skip, once, "
                  "so with SD-1.5's Θ resnet 2 gets C channels where it expects 2C and the printed block cannot run.",
-     checks=("sdanatomy.lecture.blocks.up_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.up_block_2d_printed",),
+     route=_count_route("the same count from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes): C_in of resnet r ≠ C_out of resnet r − 1",
+                        lambda seed=0, dtype=torch.float64: (_row_up_printed(seed, dtype),
+                                                             float(_misfits_in_config("UpBlock2D")))))
 def _row_up_printed(seed=0, dtype=torch.float64):
     return float(sum(_printed_channel_misfits(b) for b in meta("unet").up_blocks if isinstance(b, UpBlock2D)))
 
@@ -380,6 +514,38 @@ def _upsample_first_misfits(i, seed, dtype) -> float:
     return float(sum(s != printed for s in seen))
 
 
+def _printed_resolution(i, seed, dtype) -> tuple[int, int]:
+    """H×W at which the printed up block ((60) or (74)) runs its resnet, recorded while it runs
+    on the part of narrow up_blocks[i]'s Θ it can consume (its first resnet, attention and
+    upsampler) with the skip S at twice X's size."""
+    u = narrow_unet(seed, dtype)
+    X, _, h, C = _up_inputs(u, i, seed, dtype)
+    block, (H, W) = u.up_blocks[i], X.shape[-2:]
+    th = {k: v for k, v in sub(_theta(u), f"up_blocks.{i}").items()
+          if k.startswith(("resnets.0.", "attentions.0.", "upsamplers.0."))}
+    S = _randn(seed + 9, dtype, 2, block.resnets[0].in_channels - X.shape[1], 2 * H, 2 * W)
+    seen = []
+    if hasattr(block, "attentions"):
+        cross_attn_up_block_2d_printed(th, X, S, h, C, ops=_recording_ops(seen))
+    else:
+        up_block_2d_printed(th, X, S, h, ops=_recording_ops(seen))
+    return seen[0] if len(set(seen)) == 1 else (0, 0)
+
+
+def _up_first_route(i):
+    def compute(seed=0, dtype=torch.float64):
+        u = narrow_unet(seed, dtype)
+        X, skips, h, C = _up_inputs(u, i, seed, dtype)
+        block = u.up_blocks[i]
+        kwargs = {"encoder_hidden_states": C} if hasattr(block, "attentions") else {}
+        seen = _resolutions_seen(block, lambda: block(X, skips, h, **kwargs))
+        printed = _printed_resolution(i, seed, dtype)
+        return _upsample_first_misfits(i, seed, dtype), float(sum(s != printed for s in seen))
+    return _count_route("the printed block run on the part of Θ it can consume (first resnet, "
+                        "upsampler), the H×W of its resnet recorded from its GroupNorm inputs, "
+                        "against the H×W diffusers' resnets run at", compute)
+
+
 @row("(60) UpBlock2D upsamples first, as printed", section="6.10",
             formula=r"Y_0 = \mathrm{Concat}(\mathrm{Upsample2D}(X), S)",
             reference="diffusers UpBlock2D: " + WIDTH_AGNOSTIC + " (the sizes its resnets see, by hooks)",
@@ -388,7 +554,7 @@ def _upsample_first_misfits(i, seed, dtype) -> float:
             note="diffusers' UpBlock2D runs its resnets at the input's resolution and upsamples their result "
                  "at the end; (60) upsamples X first, so every printed resnet would run at twice the size, "
                  "and the skip S would have to be at 2H×2W.",
-     checks=("sdanatomy.lecture.blocks.up_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.up_block_2d_printed",), route=_up_first_route(0))
 def _row_up_first(seed=0, dtype=torch.float64):
     return _upsample_first_misfits(0, seed, dtype)
 
@@ -414,13 +580,36 @@ def _row_mid(seed=0, dtype=torch.float64):
     return _rel(mid_block_2d_cross_attn(th, X, h, C), ref)
 
 
+def _route_mid_printed(seed, dtype):
+    th, X, h, C, _ = _mid_case(seed, dtype)
+    mid = narrow_unet(seed, dtype).mid_block
+    with torch.no_grad():
+        A1 = _attention_only_by_modules(mid.attentions[0], mid.resnets[0](X, h), C)
+        return (mid_block_2d_cross_attn_printed(th, X, h, C, slips=(ATTENTION_ONLY,)),
+                mid.resnets[1](A1, h))
+
+
+def _route_mid_c(seed=0, dtype=torch.float64):
+    """diffusers' own Res₂ given C as its time input: does it refuse too (1) or run (0)?"""
+    _, X, h, C, _ = _mid_case(seed, dtype)
+    try:
+        with torch.no_grad():
+            narrow_unet(seed, dtype).mid_block.resnets[1](X, C)
+    except RuntimeError:
+        return _row_mid_c(seed, dtype), 1.0
+    return _row_mid_c(seed, dtype), 0.0
+
+
 @row("(63)–(67) mid block, as printed (with h in Res₂)", section="6.10",
             formula=r"\mathrm{Res}_2(\mathrm{unflatten}(\mathrm{MHA_{cross}}(\mathrm{MHA_{self}}(T,T),C)), h)",
             reference=MID_REF, tol=TOL_BLOCK, why_tol="the tolerance of the matching row", error=REL,
             verdict="differs", corrected_by=MID,
             note="Between its two resnets SD-1.5's mid block runs a whole Transformer2DModel (norms, proj_in, "
                  "residual self- and cross-attention, GEGLU feed-forward, proj_out, + input); (64)–(67) keep "
-                 "only MHA_self then MHA_cross. (67)'s C in Res₂ is read as h here (next row).")
+                 "only MHA_self then MHA_cross. (67)'s C in Res₂ is read as h here (next row).",
+     route=_block_route("diffusers' resnets.0, attn1 and attn2 of attentions.0 (flattened tokens), "
+                        "resnets.1 of the mid block, called in the printed order",
+                        lambda seed=0, dtype=torch.float64: _route_mid_printed(seed, dtype)))
 def _row_mid_printed(seed=0, dtype=torch.float64):
     th, X, h, C, ref = _mid_case(seed, dtype)
     return _rel(mid_block_2d_cross_attn_printed(th, X, h, C, slips=(ATTENTION_ONLY,)), ref)
@@ -430,7 +619,10 @@ def _row_mid_printed(seed=0, dtype=torch.float64):
             reference=MID_REF + " (whose Res₂ takes h)", tol=0, why_tol=COUNT,
             error="printed calls that cannot run (ValueError at the door)", verdict="differs", corrected_by=MID,
             note="(67) passes the text context C ∈ R^(M×d_ctx) = R^(77×768) as the second resnet's time input, "
-                 "where (53) needs h ∈ R^(d_t) (1280 in SD-1.5); diffusers passes temb, the time embedding.")
+                 "where (53) needs h ∈ R^(d_t) (1280 in SD-1.5); diffusers passes temb, the time embedding.",
+     route=_count_route("diffusers' own resnets.1 of the mid block called with C as its time input "
+                        "(1 if it refuses with a RuntimeError) against the printed function's refusal",
+                        _route_mid_c))
 def _row_mid_c(seed=0, dtype=torch.float64):
     th, X, h, C, _ = _mid_case(seed, dtype)
     try:
@@ -454,6 +646,22 @@ def _xdown_case(seed, dtype, H=6, W=5):
     return sub(_theta(u), "down_blocks.0"), X, h, C, ref
 
 
+def _xdown_route(slips):
+    def compute(seed=0, dtype=torch.float64):
+        th, X, h, C, _ = _xdown_case(seed, dtype)
+        blk = narrow_unet(seed, dtype).down_blocks[0]
+        with torch.no_grad():
+            H = X
+            for res, att in zip(blk.resnets, blk.attentions):
+                H_r = res(H, h)                                           # (68)
+                H_star = _stage_by_modules(att, H_r, C, slips)            # (69)–(72)
+                H = H_r if CHAIN_SKIPS_ATTENTION in slips else H_star
+            theirs = blk.downsamplers[0](H_star)                          # (73)
+        return cross_attn_down_block_2d_printed(th, X, h, C, slips=slips), theirs
+    return _block_route("diffusers' resnets, attentions (or their attn1, attn2 alone) and "
+                        "downsampler of SD-1.5's first level, called in the printed order", compute)
+
+
 @row(XDOWN, section="6.10",
             formula=r"H^\star_r = \mathrm{Transformer2D}(\mathrm{Res}(H^\star_{r-1}, h), C);\ "
                     r"(\mathrm{Down}(H^\star_n),\ (H^\star_1,\dots,H^\star_n,\mathrm{Down}(H^\star_n)))",
@@ -471,7 +679,8 @@ def _row_xdown(seed=0, dtype=torch.float64):
             note="Two readings together: the attention stage is MHA_self then MHA_cross only (see (69)–(72)), and "
                  "(68) feeds H_{r−1}, the previous *resnet* output, to the next resnet, so H*_1 is computed and "
                  "dropped. SD-1.5 chains resnet → transformer → resnet → transformer, and keeps every H*_r as a "
-                 "skip state for the up path (not part of this output's error).")
+                 "skip state for the up path (not part of this output's error).",
+     route=_xdown_route((ATTENTION_ONLY, CHAIN_SKIPS_ATTENTION)))
 def _row_xdown_printed(seed=0, dtype=torch.float64):
     th, X, h, C, ref = _xdown_case(seed, dtype)
     return _rel(cross_attn_down_block_2d_printed(th, X, h, C), ref[0])
@@ -482,7 +691,8 @@ def _row_xdown_printed(seed=0, dtype=torch.float64):
             reference=XDOWN_REF + ": its output", tol=TOL_BLOCK, why_tol="the tolerance of the matching row",
             error=REL, verdict="differs", corrected_by=XDOWN,
             note="Only this reading kept (the attention stage as SD-1.5 runs it): with n = 2 the first "
-                 "transformer's output H*_1 never reaches the output, and the block's output changes.")
+                 "transformer's output H*_1 never reaches the output, and the block's output changes.",
+     route=_xdown_route((CHAIN_SKIPS_ATTENTION,)))
 def _row_xdown_chain(seed=0, dtype=torch.float64):
     th, X, h, C, ref = _xdown_case(seed, dtype)
     return _rel(cross_attn_down_block_2d_printed(th, X, h, C, slips=(CHAIN_SKIPS_ATTENTION,)), ref[0])
@@ -516,7 +726,11 @@ def _row_xup(seed=0, dtype=torch.float64):
             note="As for UpBlock2D: SD-1.5 concatenates a skip before each of the 3 resnets of each of its 3 "
                  "CrossAttnUpBlock2Ds; (74)–(75) concatenate one, so resnets 2 and 3 of every block get too "
                  "few channels for their Θ (6 resnets in all).",
-     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",),
+     route=_count_route("the same count from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes): C_in of resnet r ≠ C_out of resnet r − 1",
+                        lambda seed=0, dtype=torch.float64: (
+                            _row_xup_printed(seed, dtype), float(_misfits_in_config("CrossAttnUpBlock2D")))))
 def _row_xup_printed(seed=0, dtype=torch.float64):
     return float(sum(_printed_channel_misfits(b) for b in meta("unet").up_blocks
                      if isinstance(b, CrossAttnUpBlock2D)))
@@ -529,9 +743,21 @@ def _row_xup_printed(seed=0, dtype=torch.float64):
             verdict="differs", corrected_by=XUP,
             note="As for UpBlock2D: the resnets and transformers run at the input's resolution, the "
                  "Upsample2D comes last (and the last level, up_blocks.3, has none).",
-     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",), route=_up_first_route(1))
 def _row_xup_first(seed=0, dtype=torch.float64):
     return _upsample_first_misfits(1, seed, dtype)
+
+
+def _route_xup_unflatten(seed, dtype):
+    u = narrow_unet(seed, dtype)
+    X, _, h, C = _up_inputs(u, 1, seed, dtype)
+    block, (H, W) = u.up_blocks[1], X.shape[-2:]
+    th = {k: v for k, v in sub(_theta(u), "up_blocks.1").items()
+          if k.startswith(("resnets.0.", "attentions.0.", "upsamplers.0."))}
+    S = _randn(seed + 9, dtype, 2, block.resnets[0].in_channels - X.shape[1], 2 * H, 2 * W)
+    with torch.no_grad():
+        theirs = block.resnets[0](torch.cat([block.upsamplers[0](X), S], dim=1), h)   # (74)–(75)
+    return cross_attn_up_block_2d_printed(th, X, S, h, C, slips=(UNFLATTEN_Y,)), theirs
 
 
 @row("(77) Y*_r = unflatten(Y_r), as printed: attention unused", section="6.10",
@@ -542,7 +768,11 @@ def _row_xup_first(seed=0, dtype=torch.float64):
             note="(77) unflattens Y_r, the resnet's output (already C×H×W), where (72) has V_r: read literally, "
                  "U_r and V_r are computed and never used, and the block is UpBlock2D. SD-1.5's Y*_r is the "
                  "transformer's output, which differs from Y_r.",
-     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",))
+     checks=("sdanatomy.lecture.blocks.cross_attn_up_block_2d_printed",),
+     route=_block_route("diffusers' upsampler and first resnet of up_blocks.1 in the printed "
+                        "order, no attention, against cross_attn_up_block_2d_printed reading (77) "
+                        "alone on that part of the block's Θ",
+                        lambda seed=0, dtype=torch.float64: _route_xup_unflatten(seed, dtype)))
 def _row_xup_unflatten(seed=0, dtype=torch.float64):
     u = narrow_unet(seed, dtype)
     m = u.up_blocks[3].attentions[0]

@@ -129,9 +129,13 @@ ERRATA = (
             "a different function; the residual blocks work on a quarter of the pixels",
             "(94) level as printed: Upsample2D, then ResnetBlock2D",
             "(94) UpDecoderBlock2D: n ResnetBlock2D, then Upsample2D"),
-    Erratum("(95)–(96)", "H = 2^{L_d} H_z", "H = 2^{L_d − 1} H_z = 8 H_z: the last of the four up blocks "
-            "does not upsample", "a 64 × 64 latent becomes 512 × 512 pixels, not 1024 × 1024",
-            "(95)–(96) image size H = 2^{L_d} H_z", "(95)–(96) image size H = 2^{L_d − 1} H_z"),
+    Erratum("(92), (94)–(96)", "one L_d: L_d levels Θ_ℓ^↑, each upsampling once, so H = 2^{L_d} H_z",
+            "4 up blocks, of which the last does not upsample: 3 doublings, H = 2^{L_d − 1} H_z = 8 H_z "
+            "with L_d = 4 up blocks",
+            "no single L_d fits both: L_d = 4 gives the blocks but 16× (1024 × 1024 pixels from a "
+            "64 × 64 latent), L_d = 3 gives SD-1.5's 8× (512 × 512) but one up block too few",
+            "(95)–(96) one L_d for the levels and the upsamplings, as printed",
+            "(95)–(96) image size H = 2^{L_d − 1} H_z"),
 )
 
 
@@ -167,7 +171,7 @@ KINDS = {
     "(93) ResnetBlock2D(·, 0): h = 0 with the FiLM Linears of Def. 6.15": WIRING,
     "(93) Def. 6.14 MultiheadAttention (h = 1) as the VAE's attention": OMITS,
     "(94) level as printed: Upsample2D, then ResnetBlock2D": WIRING,
-    "(95)–(96) image size H = 2^{L_d} H_z": WIRING,
+    "(95)–(96) one L_d for the levels and the upsamplings, as printed": WIRING,
 }
 
 

@@ -15,13 +15,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.embeddings import sinusoidal_embedding, sinusoidal_embedding_as_printed, time_mlp
 from sdanatomy.lecture.layers import (concat, conv1x1, conv2d, conv2d_as_printed, conv2d_literal, conv_output_size,
-                     downsample_2d, downsample_2d_average, downsample_2d_nearest, group_norm,
+                     conv2d_parameter_count, conv2d_theta_shapes, downsample_2d, downsample_2d_asymmetric,
+                     downsample_2d_average, downsample_2d_nearest, group_norm,
                      group_norm_literal, interpolate_nearest, linear, rgb_head, silu, softmax,
                      softmax_literal, upsample_2d, EPS_UNET, EPS_VAE)
-from sdanatomy.sd15.reference import meta, reference
+from sdanatomy.sd15.reference import meta, narrow_unet, reference
 
 EXACT = "indices and copies, no arithmetic: exactly equal"
 REL_SUM = "max |err| / Σ|terms|"
@@ -60,13 +61,41 @@ def _conv_case(seed, dtype):
     return X, theta, ref
 
 
+def _conv_printed_by_torch(X, theta, s, p) -> torch.Tensor:
+    """(14) as printed, by another route: torch's conv2d (0-based) on X moved by one stride.
+
+    The print reads row i·s + u − p with 1-based i, u, r; in 0-based indices (i₀ = i − 1,
+    u₀ = u − 1, r₀ = r − 1) that is row i₀·s + u₀ + s − p: torch's window, started s − p
+    rows later. A zero margin P on every side holds every row the print reads.
+    """
+    k = theta["weight"].shape[-1]
+    H_out, W_out = (conv_output_size(n, k, s, p) for n in X.shape[-2:])
+    P = k + s + p
+    Xz = F.pad(X[None], (P, P, P, P))                 # X's row r₀ is Xz's row r₀ + P
+    o = P + s - p                                     # so Xz[o + j] is X's row j + s − p
+    Y = F.conv2d(Xz[..., o:, o:], theta["weight"], theta["bias"], stride=s)
+    return Y[0, :, :H_out, :W_out]
+
+
+def _route_conv_as_printed(seed=0, dtype=torch.float64):
+    X, theta, _ = _conv_case(seed, dtype)
+    return (conv2d_as_printed(theta, X, stride=CONV["s"], padding=CONV["p"]),
+            _conv_printed_by_torch(X, theta, CONV["s"], CONV["p"]))
+
+
 @row("(14) Conv2d as printed, i·s+u−p", section="6.1",
             formula=r"Y_{o,i,j} = b_o + \sum_{c,u,v} W^{(o)}_{c,u,v} X_{c,\,is+u-p,\,js+v-p}",
             reference="torch.nn.functional.conv2d (k=3, s=2, p=1)", tol=1e-14,
             why_tol="the matching tolerance of the corrected row", error=REL_SUM,
             verdict="differs", corrected_by="(14) Conv2d, 1-based: (i−1)·s+u−p",
             note="With 1-based i, u (the lecture's §2 convention) torch reads input row (i−1)·s+u−p: "
-                 "the printed i·s+u−p shifts every window by one stride (it is right only for a 0-based i).")
+                 "the printed i·s+u−p shifts every window by one stride (it is right only for a 0-based i).",
+     route=Route(_route_conv_as_printed,
+                 how="torch's F.conv2d on X moved by s − p rows and columns (0-based index "
+                     "arithmetic) against the 1-based loops of conv2d_as_printed",
+                 atol=1e-13, rtol=1e-13,
+                 why="float64 sums of 19 terms in two orders: ≤ 2·18·2⁻⁵³ ≈ 4e-15 of Σ|terms| "
+                     "(Σ|terms| ≲ 20 here)"))
 def _row_conv_as_printed(seed=0, dtype=torch.float64):
     X, theta, ref = _conv_case(seed, dtype)
     Y = conv2d_as_printed(theta, X, stride=CONV["s"], padding=CONV["p"])
@@ -106,6 +135,39 @@ def _row_output_size(seed=0, dtype=torch.float64):
                     except ValueError:
                         ours = None
                     bad += ours != torch_H
+    return float(bad)
+
+
+SD15_CONVS = {"unet": 98, "vae": 64}     # nn.Conv2d modules: the VAE's encoder and decoder together
+
+
+def _sd15_convs(root: str):
+    """Every nn.Conv2d of SD-1.5's U-Net or VAE (encoder and decoder), on the meta device."""
+    return [m for m in meta(root).modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+@row("(13) Θ_Conv2d: weight (C_out, C_in, k_h, k_w), bias (C_out,)", section="6.1",
+            formula=r"\Theta_{\mathrm{Conv2d}} = \{W^{(o)} \in \mathbb R^{C_{in}\times k_h\times k_w},"
+                    r" b_o\}_{o=1}^{C_{out}},\ C_{out}(C_{in}k_hk_w + 1)",
+            reference=f"every nn.Conv2d of SD-1.5's U-Net ({SD15_CONVS['unet']}) and VAE "
+                      f"({SD15_CONVS['vae']}), diffusers on the meta device: its weight and bias "
+                      "shapes, parameter count, groups, dilation",
+            tol=0, why_tol="shapes and counts: integers, exact",
+            error="Conv2d modules where a shape, the count, groups = 1 or dilation = 1 differs; "
+                  "∞ if the modules are not as many as stated")
+def _row_conv_theta(seed=0, dtype=torch.float64):
+    convs = {root: _sd15_convs(root) for root in SD15_CONVS}
+    if {root: len(ms) for root, ms in convs.items()} != SD15_CONVS:
+        return math.inf
+    bad = 0
+    for m in convs["unet"] + convs["vae"]:
+        C_in, C_out, (k_h, k_w) = m.in_channels, m.out_channels, m.kernel_size
+        shapes = conv2d_theta_shapes(C_in, C_out, k_h, k_w)
+        theirs = {"weight": tuple(m.weight.shape),
+                  "bias": None if m.bias is None else tuple(m.bias.shape)}
+        count = sum(p.numel() for p in m.parameters())
+        bad += (theirs != shapes or count != conv2d_parameter_count(C_in, C_out, k_h, k_w)
+                or m.groups != 1 or tuple(m.dilation) != (1, 1))
     return float(bad)
 
 
@@ -210,6 +272,36 @@ def _row_downsample(seed=0, dtype=torch.float64):
     return _rel(downsample_2d(theta, X), module(X), S)
 
 
+ENCODER_DOWN = "vae.encoder.down_blocks.0.downsamplers.0"
+
+
+@row("(20) Downsample2D of SD-1.5's VAE encoder: pad (0, 1, 0, 1), then p = 0", section="6.5.1",
+            formula=r"\mathrm{Conv2d}^{(3,3;\,2,2;\,0,0)} \circ \mathrm{pad}_{(0,1,0,1)}",
+            reference="diffusers: " + ENCODER_DOWN + " (Downsample2D(padding=0), C = 128), H×W 7×6 "
+                      "and 6×8; the encoder's three downsamplers read off the modules", tol=1e-13,
+            why_tol="float64 sums of n = 1153 terms in another order: ≤ 2(n−1)·2⁻⁵³ ≈ 2.6e-13 "
+                    "worst case, ≈ √n·2⁻⁵³ in practice",
+            error=REL_SUM + "; ∞ if a downsampler's padding or kernel is not this one's")
+def _row_downsample_encoder(seed=0, dtype=torch.float64):
+    for block in meta("vae").encoder.down_blocks:
+        for d in block.downsamplers or ():
+            if (d.padding, tuple(d.conv.padding), tuple(d.conv.stride), tuple(d.conv.kernel_size)) \
+                    != (0, (0, 0), (2, 2), (3, 3)):
+                return math.inf
+    module = reference(ENCODER_DOWN, seed=seed, dtype=dtype)
+    theta = _theta(module)
+    conv = {"weight": theta["conv.weight"], "bias": theta["conv.bias"]}
+    err = 0.0
+    for H, W in ((7, 6), (6, 8)):
+        X = _randn(seed, dtype, 1, 128, H, W)
+        S = _conv_terms(F.pad(X, (0, 1, 0, 1)), conv, 2, 0)
+        Y, ref = downsample_2d_asymmetric(theta, X), module(X)
+        if Y.shape != ref.shape:
+            return math.inf
+        err = max(err, _rel(Y, ref, S))
+    return err
+
+
 @row("(21) Downsample2DNearest (0-based)", section="6.5.2",
             formula=r"Y_{c,i,j} = X_{c,2i,2j},\ 0 \le i < \lfloor H/2 \rfloor",
             reference="F.interpolate(X, scale_factor=0.5, mode='nearest'), H, W even and odd", tol=0,
@@ -261,12 +353,58 @@ def _row_upsample(seed=0, dtype=torch.float64):
 
 # --- 6.6 Concat -----------------------------------------------------------------------------
 
+def _concat_seen(block, X, skips, h, **kwargs) -> float:
+    """max |input of resnet r − Concat(Y_{r−1}, S)| over the resnets of a diffusers up block.
+
+    Y_{r−1} is X for r = 1, else what the block computed just before resnet r (the previous
+    attention's output, or resnet's); S is the skip the block pops, the last made first.
+    Forward hooks read both off the running module.
+    """
+    seen, before = [], {}
+    prev = block.attentions if hasattr(block, "attentions") else block.resnets
+    hooks = [r.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for r in block.resnets]
+    hooks += [m.register_forward_hook(lambda m, args, out, i=i: before.__setitem__(
+        i, out[0] if isinstance(out, tuple) else getattr(out, "sample", out)))
+        for i, m in enumerate(prev)]
+    try:
+        with torch.no_grad():
+            block(X, skips, h, **kwargs)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    n, err = len(block.resnets), 0.0
+    for r in range(n):
+        ours = concat(X if r == 0 else before[r - 1], skips[n - 1 - r])      # (27)
+        if ours.shape != seen[r].shape:
+            return math.inf
+        err = max(err, (ours - seen[r]).abs().max().item())
+    return err
+
+
+def _up_case(u, i, seed, dtype, H=3, W=4):
+    """X from below and the skips of diffusers' up_blocks[i], at the widths its resnets read."""
+    block = u.up_blocks[i]
+    below = (u.mid_block if i == 0 else u.up_blocks[i - 1]).resnets[-1].out_channels
+    outs = [below] + [r.out_channels for r in block.resnets[:-1]]
+    widths = [r.in_channels - c for r, c in zip(block.resnets, outs)]       # resnet r's skip
+    skips = tuple(_randn(seed + 3 + r, dtype, 2, w, H, W) for r, w in enumerate(reversed(widths)))
+    h = _randn(seed + 1, dtype, 2, block.resnets[0].time_emb_proj.in_features)
+    return block, _randn(seed, dtype, 2, below, H, W), skips, h
+
+
 @row("(27) Concat", section="6.6", formula=r"\mathrm{Concat}(A, B) = A \oplus B\ \text{(channels)}",
-            reference="torch.cat([X, S], dim=1), as diffusers' up blocks join input and skip", tol=0,
-            why_tol=EXACT)
+            reference="the input of every resnet of diffusers' UpBlock2D and CrossAttnUpBlock2D "
+                      "(SD-1.5's config at widths (32, 64, 64, 64), forward hooks): the input from "
+                      "below, then the skip", tol=0, why_tol=EXACT,
+            error="max |Concat(Y, S) − the resnet's input|; ∞ if a shape differs")
 def _row_concat(seed=0, dtype=torch.float64):
-    A, B = _randn(seed, dtype, 2, 3, 4, 5), _randn(seed + 1, dtype, 2, 6, 4, 5)
-    return (concat(A, B) - torch.cat([A, B], dim=1)).abs().max().item()
+    u = narrow_unet(seed, dtype)
+    err = 0.0
+    for i in (0, 1):                                 # UpBlock2D, CrossAttnUpBlock2D
+        block, X, skips, h = _up_case(u, i, seed, dtype)
+        kwargs = {"encoder_hidden_states": _randn(seed + 2, dtype, 2, 7, 768)} if i else {}
+        err = max(err, _concat_seen(block, X, skips, h, **kwargs))
+    return err
 
 
 # --- 6.7 Timestep embedding -----------------------------------------------------------------
@@ -276,6 +414,25 @@ TE_TOL = ("diffusers evaluates (28) in float32: ω_r = exp(−ln(10⁴)(r−1)/1
           "≤ (3|ln ω_r| + 3)·2⁻²⁴ relative error, so |Δ(ω_r t)| ≤ 3·999·2⁻²⁴ ≈ 1.8e-4")
 
 
+def _interleaved_literal(ts, R: int) -> list[list[float]]:
+    """(28) as printed, one Python float at a time: cos ω_r t, sin ω_r t for r = 1, …, R,
+    ω_r = 10000^(−(r−1)/R)."""
+    out = []
+    for t in ts:
+        e = []
+        for r in range(1, R + 1):
+            omega = 10000.0 ** (-(r - 1) / R)
+            e += [math.cos(omega * t), math.sin(omega * t)]
+        out.append(e)
+    return out
+
+
+def _route_sinusoid_as_printed(seed=0, dtype=torch.float64):
+    ts = T_SD15[::9]
+    return (sinusoidal_embedding_as_printed(ts, R=160, dtype=torch.float64),
+            torch.tensor(_interleaved_literal(ts.tolist(), 160), dtype=torch.float64))
+
+
 @row("(28) sinusoidal embedding as printed (cos, sin interleaved)", section="6.7",
             formula=r"e(t) = [\cos\omega_1 t, \sin\omega_1 t, \dots, \cos\omega_R t, \sin\omega_R t]",
             reference="diffusers: unet.time_proj "
@@ -283,7 +440,13 @@ TE_TOL = ("diffusers evaluates (28) in float32: ω_r = exp(−ln(10⁴)(r−1)/1
             tol=2e-4, why_tol=TE_TOL, verdict="differs",
             corrected_by="(28) sinusoidal embedding, SD-1.5 order (all cos, then all sin)",
             note="SD-1.5 orders the 2R = 320 components as all cosines, then all sines; "
-                 "ω_0 = 1, β = 10000^(−1/160).")
+                 "ω_0 = 1, β = 10000^(−1/160).",
+     route=Route(_route_sinusoid_as_printed,
+                 how="math.cos and math.sin, one component at a time in the printed order, "
+                     "ω_r = 10000^(−(r−1)/R) (t = 0, 9, …, 999)",
+                 atol=1e-10, rtol=0.0,
+                 why="float64; ω_r as β^(r−1) with β rounded, or as 10000^(−(r−1)/R): "
+                     "≲ R·2⁻⁵³ ≈ 2e-14 relative, times ω_r t ≤ 999 rad: |Δ| ≲ 2e-11"))
 def _row_sinusoid_as_printed(seed=0, dtype=torch.float64):
     ref = meta("unet").time_proj(T_SD15).to(dtype)
     return (sinusoidal_embedding_as_printed(T_SD15, R=160, dtype=dtype) - ref).abs().max().item()
@@ -334,6 +497,23 @@ def _decoder_head(seed, dtype):
         return X, theta, out(act(norm(X))), act(norm(X)), out
 
 
+def _best_conv1x1(seed, dtype):
+    """The best 1×1 map from the head's input to its RGB output, by least squares."""
+    X, _, ref, _, _ = _decoder_head(seed, dtype)
+    pixels = X.permute(0, 2, 3, 1).reshape(-1, 128)                 # (B·H·W, 128): the input of a 1×1 map
+    A = torch.cat([pixels, torch.ones(len(pixels), 1, dtype=dtype)], dim=1)
+    target = ref.permute(0, 2, 3, 1).reshape(-1, 3)                 # (B·H·W, 3)
+    fit = torch.linalg.lstsq(A, target).solution                    # the best W (3×128) and b
+    return X, A, fit, target
+
+
+def _route_rgb_as_conv1x1(seed=0, dtype=torch.float64):
+    X, A, fit, _ = _best_conv1x1(seed, dtype)
+    theta = {"weight": fit[:128].T[:, :, None, None].contiguous(), "bias": fit[128].clone()}
+    B, _, H, W = X.shape
+    return conv1x1(theta, X), (A @ fit).reshape(B, H, W, 3).permute(0, 3, 1, 2)
+
+
 @row("Def. 6.21 Conv1x1 as the decoder's RGB projection", section="6.11",
             formula=r"\hat X = \mathrm{Conv1x1}_{\Theta_{\mathrm{out}}}(H),"
                     r"\ \text{best } \Theta_{\mathrm{out}}",
@@ -344,13 +524,14 @@ def _decoder_head(seed, dtype):
             note="SD-1.5's decoder ends GroupNorm(32, ε=1e-6) → SiLU → Conv2d(128, 3, k=3, p=1); "
                  "no choice of a 1×1 Θ_out reproduces it. Its 1×1 convolutions are post_quant_conv "
                  "and the ResnetBlock2D shortcuts.",
-     checks=("sdanatomy.lecture.layers.conv1x1",))
+     checks=("sdanatomy.lecture.layers.conv1x1",),
+     route=Route(_route_rgb_as_conv1x1,
+                 how="the fitted Θ_out run through conv1x1 (Def. 6.21, the book's Conv2d) against "
+                     "the least-squares prediction A·fit it was fitted by",
+                 atol=1e-12, rtol=1e-12,
+                 why="float64 sums of 129 terms in two orders: ≲ 129·2⁻⁵³·Σ|terms| ≈ 1e-14·Σ|terms|"))
 def _row_rgb_as_conv1x1(seed=0, dtype=torch.float64):
-    X, _, ref, _, _ = _decoder_head(seed, dtype)
-    pixels = X.permute(0, 2, 3, 1).reshape(-1, 128)                 # (B·H·W, 128): the input of a 1×1 map
-    A = torch.cat([pixels, torch.ones(len(pixels), 1, dtype=dtype)], dim=1)
-    target = ref.permute(0, 2, 3, 1).reshape(-1, 3)                 # (B·H·W, 3)
-    fit = torch.linalg.lstsq(A, target).solution                    # the best W (3×128) and b
+    _, A, fit, target = _best_conv1x1(seed, dtype)
     return ((A @ fit - target).norm() / target.norm()).item()
 
 

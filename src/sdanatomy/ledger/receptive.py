@@ -11,10 +11,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.receptive import (R_pure, pure_layers_needed, R_unet, R_unet_uniform, unet_condition, unet_levels_needed,
     unet_levels_to_reach, R_encoder, single_thread, pure_cnn, toy_encoder, measure_receptive_field,
-    dependency_matrix, smallest_reaching_L)
+    dependency_matrix, smallest_reaching_L, encoder_field_1d, interval)
 from sdanatomy.sd15.receptive import (build_sd15_slim, sd15_level_counts, measure_sd15)
 
 
@@ -86,6 +86,21 @@ def _row_R_unet_nearest(seed=0, dtype=torch.float64):
                      for n in TOY_COUNTS))
 
 
+def _nearest_field_width(n) -> int:
+    """The width of the exact index set (81) models: column q of a down path with n_ℓ stride-1
+    3-convs per level and Downsample2DNearest between levels, by index arithmetic
+    (encoder_field_1d), on a strip wide enough not to clip."""
+    L = len(n) - 1
+    width = 2 ** L * (-(-R_encoder(n) // 2 ** L) + 2)
+    lo, hi = interval(encoder_field_1d(width // 2 ** (L + 1), n, width=width, downsample="nearest"))
+    return hi - lo + 1
+
+
+def _route_R_unet_conv(seed=0, dtype=torch.float64):
+    counts = [n for n in TOY_COUNTS if len(n) > 1] + [sd15_level_counts(path="down")]
+    return [R_unet(n) for n in counts], [_nearest_field_width(n) for n in counts]
+
+
 @row("(81) U-Net receptive field, SD-1.5's Downsample2D", section="7.2",
             formula=r"R_{\mathrm{unet}} = 1 + \sum_{\ell=0}^{L} 2^{\ell}(k-1)\,n_\ell",
             reference="autograd masks of the toy down path with Downsample2D = Conv2d(3, stride 2, padding 1) "
@@ -95,7 +110,11 @@ def _row_R_unet_nearest(seed=0, dtype=torch.float64):
             corrected_by="(81) corrected for the downsampler's kernel",
             note="SD-1.5's Downsample2D is a 3×3 conv: it widens the field by 2^(ℓ+1) pixels at each level, "
                  "2(2^L − 1) in all, which (81) leaves out (SD-1.5's down path: 137 pixels, not 123).",
-            error="min over the networks of |R_unet − R_measured| (pixels)")
+            error="min over the networks of |R_unet − R_measured| (pixels)",
+     route=Route(_route_R_unet_conv,
+                 how="the width of the exact 1-D index set of the same down paths with "
+                     "Downsample2DNearest, the path (81) counts (lecture.receptive.encoder_field_1d)",
+                 atol=0.0, rtol=0.0, why="pixel counts: integers, exact"))
 @single_thread()
 def _row_R_unet_conv(seed=0, dtype=torch.float64):
     errs = [abs(R_unet(n) - measure_encoder_R(n, downsample="conv", seed=seed, dtype=dtype))
@@ -185,6 +204,12 @@ def _reaches(n, L, W, seed, dtype) -> bool:
     return bool(dependency_matrix(net, width=W, dtype=dtype, seed=seed).all(dim=1).any())
 
 
+def _route_theorem_reach(seed=0, dtype=torch.float64):
+    grid = [(n, W) for n in (1, 2) for W in range(1, 65)]
+    brute = [next(L for L in range(12) if R_unet_uniform(L, n) >= W) for n, W in grid]
+    return [unet_levels_needed(W, n) for n, W in grid], brute
+
+
 @row("(83) Theorem 7.1: R_unet ≥ W lets an output pixel reach all W columns", section="7.2",
             formula=r"L \ge \log_2\!\left(\frac{W-1}{2n}+1\right) - 1 \Rightarrow \text{reach}",
             reference="brute force: does some output pixel of the measured toy down path (Downsample2DNearest, "
@@ -194,7 +219,11 @@ def _reaches(n, L, W, seed, dtype) -> bool:
             note="R_unet ≥ W is necessary, not sufficient: output pixels sit on every 2^L-th input column, so a "
                  "field [2^L q − h, 2^L q + h] may miss an edge (n = 1, W = 7: R = 7, no pixel sees all 7). One more "
                  "level always suffices: O(log W) stands.",
-            error="number of (W, n) where (83)'s L leaves every output pixel short")
+            error="number of (W, n) where (83)'s L leaves every output pixel short",
+     route=Route(_route_theorem_reach,
+                 how="the smallest integer L with 1 + 2n(2^{L+1} − 1) ≥ W, by search in integers, "
+                     "against (83)'s log₂ bound rounded up (unet_levels_needed), W = 1…64, n = 1, 2",
+                 atol=0.0, rtol=0.0, why="levels: integers, exact"))
 @single_thread()
 def _row_theorem_reach(seed=0, dtype=torch.float64):
     return float(sum(not _reaches(n, unet_levels_needed(W, n), W, seed, dtype)

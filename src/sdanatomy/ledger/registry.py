@@ -11,6 +11,14 @@ Its verdict says what we expect to find:
   is real and reproducible, and the entry names its corrected twin (``corrected_by``),
   itself a ``"matches"`` entry.
 
+A "differs" row could pass with a printed reading implemented wrongly: any error above the
+tolerance would do. So every "differs" row carries a :class:`Route`, a second, independent
+computation of the same printed reading (the literal loop beside the vectorised form, diffusers'
+own modules called in the printed order, a closed form for a count or a size), which must agree
+with the package's printed function to round-off (``atol`` and ``rtol``, with the reason). The row
+holds only when the difference is real *and* the printed reading is computed right. A "differs"
+row without a route is refused at registration.
+
 Row modules (``sdanatomy.ledger.<section>``) register their rows with the :func:`row` decorator
 at import time; :mod:`sdanatomy.ledger` imports the explicit list of them and answers queries
 (``entries``, ``table``, ``where``). :class:`Table` is the book's one table class.
@@ -18,15 +26,74 @@ at import time; :mod:`sdanatomy.ledger` imports the explicit list of them and an
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 VERDICTS = ("matches", "differs")
 
 _REGISTRY: dict[str, "Entry"] = {}
+
+
+@dataclass(frozen=True)
+class Route:
+    """The second route of a "differs" row: its printed reading computed twice.
+
+    ``compute(seed=0, dtype=torch.float64)`` returns ``(printed, independent)``: what the
+    package's printed function gives, and what an independent route gives for the same printed
+    reading. Numbers and tensors agree when ``|printed − independent| ≤ atol + rtol·|independent|``
+    everywhere (and the shapes agree); anything else (strings, tuples of kinds) must be equal.
+    """
+
+    compute: Callable[..., tuple[Any, Any]]
+    how: str                       # the independent route, in words
+    atol: float
+    rtol: float
+    why: str                       # why these tolerances hold
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ValueError(f"a route's atol and rtol must be >= 0; got {self.atol!r}, {self.rtol!r}")
+        if not (self.how.strip() and self.why.strip()):
+            raise ValueError("a route says what it computes (how) and why its tolerances hold (why)")
+
+    def check(self, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[float, bool]:
+        """(max |printed − independent|, whether they agree within atol and rtol)."""
+        printed, independent = self.compute(seed=seed, dtype=dtype)
+        return agreement(printed, independent, atol=self.atol, rtol=self.rtol)
+
+
+def _as_tensor(x) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64)
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return torch.tensor(float(x), dtype=torch.float64)
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in x):
+        return torch.tensor([float(v) for v in x], dtype=torch.float64)
+    return None
+
+
+def agreement(a, b, *, atol: float, rtol: float) -> tuple[float, bool]:
+    """(max |a − b|, a agrees with b within atol + rtol·|b|): for numbers, tensors, lists of
+    numbers; other values (lists of strings) must be equal (0 or ∞)."""
+    ta, tb = _as_tensor(a), _as_tensor(b)
+    if ta is None or tb is None:
+        return (0.0, True) if a == b else (math.inf, False)
+    if ta.shape != tb.shape:
+        return math.inf, False
+    if ta.numel() == 0:
+        return 0.0, True
+    if not (torch.isfinite(ta).all() and torch.isfinite(tb).all()):
+        same = bool(torch.equal(ta, tb))
+        return (0.0 if same else math.inf), same
+    diff = (ta - tb).abs()
+    return diff.max().item(), bool((diff <= atol + rtol * tb.abs()).all())
 
 
 @dataclass(frozen=True)
@@ -47,6 +114,8 @@ class Entry:
     # The lecture functions the row checks, where its measure() does not call them itself (a row
     # on a printed structure reads diffusers' modules); ledger.where() adds the ones it calls.
     checks: tuple[str, ...] = field(default=(), compare=False)
+    # For "differs": the printed reading computed by a second, independent route (required).
+    route: Route | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -55,11 +124,18 @@ class Entry:
             raise ValueError(f"a 'differs' entry names its corrected twin and says why: {self.name!r}")
         if not self.tol >= 0:
             raise ValueError(f"tolerance must be >= 0; got {self.tol!r} in {self.name!r}")
+        if self.verdict == "differs" and not isinstance(self.route, Route):
+            raise ValueError(f"a 'differs' entry computes its printed reading by a second route "
+                             f"(route=Route(...)): {self.name!r}")
+        if self.route is not None and self.verdict != "differs":
+            raise ValueError(f"only a 'differs' entry has a second route: {self.name!r}")
 
     def run(self, seed: int = 0, dtype: torch.dtype = torch.float64) -> "Result":
         err = float(self.measure(seed=seed, dtype=dtype))
-        ok = err <= self.tol if self.verdict == "matches" else err > self.tol
-        return Result(self, err, ok)
+        if self.verdict == "matches":
+            return Result(self, err, err <= self.tol)
+        route_err, route_ok = self.route.check(seed=seed, dtype=dtype)
+        return Result(self, err, err > self.tol and route_ok, route_err, route_ok)
 
 
 @dataclass(frozen=True)
@@ -67,16 +143,20 @@ class Result:
     entry: Entry
     err: float
     ok: bool
+    # "differs" rows: max |printed − independent| of the second route, and whether it agrees.
+    route_err: float | None = None
+    route_ok: bool | None = None
 
 
 def row(name: str, *, section: str, formula: str, reference: str, tol: float, why_tol: str,
         verdict: str = "matches", corrected_by: str | None = None, note: str = "",
-        error: str = "max abs", checks: tuple[str, ...] = ()) -> Callable:
-    """Register the decorated ``measure(seed, dtype) -> float`` as a ledger row."""
+        error: str = "max abs", checks: tuple[str, ...] = (), route: Route | None = None) -> Callable:
+    """Register the decorated ``measure(seed, dtype) -> float`` as a ledger row (a "differs"
+    row with its :class:`Route`)."""
 
     def register(measure: Callable[..., float]) -> Callable[..., float]:
         entry = Entry(name, section, formula, reference, measure, tol, why_tol, verdict,
-                      corrected_by, note, error, tuple(checks))
+                      corrected_by, note, error, tuple(checks), route)
         if name in _REGISTRY and _REGISTRY[name].measure.__qualname__ != measure.__qualname__:
             raise ValueError(f"two ledger rows are named {name!r}")
         _REGISTRY[name] = entry

@@ -9,13 +9,17 @@ does not fit, read off diffusers' modules or measured by hooks while they run.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.blocks import BOOK, TORCH
-from sdanatomy.ledger.blocks import COUNT, F64_BLOCK, REL, TOL_BLOCK, _rel, _randn, _theta
+from sdanatomy.lecture.config import UNET_CONFIG
+from sdanatomy.ledger.blocks import (COUNT, F64_BLOCK, REL, ROUTE_BLOCK, TOL_BLOCK, _count_route, _rel,
+                                     _randn, _theta)
 from sdanatomy.lecture.layers import EPS_UNET, conv1x1, rgb_head
-from sdanatomy.lecture.unet import time_features, unet
+from sdanatomy.lecture.unet import theta_shapes, time_features, unet
 from sdanatomy.sd15.reference import meta, sd15_module, narrow_unet, NARROW_UNET_CONFIG, Timesteps
 
 SECTION = "8.1"
@@ -48,15 +52,19 @@ def _row_unet(seed=0, dtype=torch.float64):
     return err
 
 
-@row("(85)–(91) fast path: torch's kernels = the book's layers", section=SECTION,
-            formula=r"\mathrm{unet}_{\mathrm{TORCH}} = \mathrm{unet}_{\mathrm{BOOK}}",
-            reference="lecture.unet.unet with ops=BOOK (lecture.layers, lecture.attention) on " + NARROW,
-            tol=TOL_BLOCK, why_tol=F64_BLOCK, error="max |TORCH − BOOK| / max |BOOK|")
+@row("(85)–(91) UNet2DConditionModel, fast path: torch's kernels", section=SECTION,
+            formula=r"\mathrm{unet}_{\mathrm{TORCH}} = \mathrm{UNet2DConditionModel}",
+            reference=NARROW + "; lecture.unet.unet with ops=TORCH (F.conv2d, F.group_norm, "
+                      "F.scaled_dot_product_attention, …); 2 latents of 16×8 and of 9×6",
+            tol=TOL_BLOCK, why_tol=F64_BLOCK, error=REL)
 def _row_fast(seed=0, dtype=torch.float64):
-    u, z, t, C = _unet_case(seed, dtype, *SIZES[0])
-    theta = _theta(u)
-    book = unet(theta, z, t, C, config=NARROW_UNET_CONFIG, ops=BOOK)
-    return _rel(unet(theta, z, t, C, config=NARROW_UNET_CONFIG, ops=TORCH), book)
+    err = 0.0
+    for H, W in SIZES:
+        u, z, t, C = _unet_case(seed, dtype, H, W)
+        with torch.no_grad():
+            ref = u(z, t, encoder_hidden_states=C).sample
+        err = max(err, _rel(unet(_theta(u), z, t, C, config=NARROW_UNET_CONFIG, ops=TORCH), ref))
+    return err
 
 
 @row("(28) in the U-Net: e(t) in float32, as diffusers", section=SECTION,
@@ -71,6 +79,29 @@ def _row_time_features(seed=0, dtype=torch.float64):
 
 # --- where Def. 8.1 as printed does not fit SD-1.5 -----------------------------------------
 
+def _conv_in_gap(config) -> int:
+    return theta_shapes(config)["down_blocks.0.resnets.0.norm1.weight"][0] - config["in_channels"]
+
+
+def _levels_with_downsampler(config) -> int:
+    shapes = theta_shapes(config)
+    return sum(f"down_blocks.{i}.downsamplers.0.conv.weight" in shapes
+               for i in range(len(config["down_block_types"])))
+
+
+def _skips_in_config(config) -> int:
+    """The skip states SD-1.5 keeps, from the book's Θ shapes: conv_in's output, every resnet of
+    the down path and every downsampler."""
+    shapes = theta_shapes(config)
+    return 1 + sum(k.startswith("down_blocks.") and ((".resnets." in k and k.endswith(".norm1.weight"))
+                                                      or k.endswith("downsamplers.0.conv.weight"))
+                   for k in shapes)
+
+
+def _up_blocks_in_config(config) -> int:
+    return len({k.split(".")[1] for k in theta_shapes(config) if k.startswith("up_blocks.")})
+
+
 @row("(85) D₀ = Z, as printed: no conv_in", section=SECTION, formula=r"\underline{D}_0 = \underline{Z}",
             reference="SD-1.5's U-Net (diffusers, meta): conv_in and down_blocks[0].resnets[0]", tol=0,
             why_tol=COUNT, error="channels the first down block's Θ reads − channels of Z (320 − 4)",
@@ -78,7 +109,11 @@ def _row_time_features(seed=0, dtype=torch.float64):
             note="SD-1.5 first maps Z ∈ R^(4×H×W) to 320 channels with conv_in, a 3×3 Conv2d (11,840 parameters "
                  "Θ_U (84) does not list); the first ResnetBlock2D's Θ (norm1, conv1) is for 320 channels, so "
                  "(86) cannot run on D₀ = Z.",
-     checks=("sdanatomy.lecture.unet.unet_printed",))
+     checks=("sdanatomy.lecture.unet.unet_printed",),
+     route=_count_route("the same gap from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes): C_in of down_blocks.0.resnets.0 − C of Z",
+                        lambda seed=0, dtype=torch.float64: (_row_conv_in(seed, dtype),
+                                                             float(_conv_in_gap(UNET_CONFIG)))))
 def _row_conv_in(seed=0, dtype=torch.float64):
     u = meta("unet")
     return float(u.down_blocks[0].resnets[0].in_channels - u.conv_in.in_channels)
@@ -105,9 +140,14 @@ def _mid_input_size(seed, dtype, H, W):
             note="(59)/(73) end every level with Downsample2D, so (86)–(87) reach the mid block at H/2⁴. SD-1.5's "
                  "last level has no downsampler: three halvings, the mid block runs at ⌈H/8⌉×⌈W/8⌉ (8×8 for a 64×64 "
                  "latent), the factor 8 that §5.5 and the VAE's 8× use.",
-     checks=("sdanatomy.lecture.unet.unet_printed",))
+     checks=("sdanatomy.lecture.unet.unet_printed",),
+     route=_count_route("the same difference from the book's Θ shapes of the config "
+                        "(lecture.unet.theta_shapes): L − the levels with downsamplers.0",
+                        lambda seed=0, dtype=torch.float64: (
+                            _row_levels(seed, dtype),
+                            float(len(NARROW_UNET_CONFIG["block_out_channels"])
+                                  - _levels_with_downsampler(NARROW_UNET_CONFIG)))))
 def _row_levels(seed=0, dtype=torch.float64):
-    import math
     H_mid, _ = _mid_input_size(seed, dtype, 16, 8)
     L = len(NARROW_UNET_CONFIG["block_out_channels"])
     return float(L - math.log2(16 / H_mid))
@@ -122,7 +162,14 @@ def _row_levels(seed=0, dtype=torch.float64):
             note="SD-1.5 keeps 12 skip states: conv_in's output, every resnet/transformer output of the down path "
                  "(2 per level) and every downsampled map (3); each up level pops 3, one before each of its "
                  "resnets. The print passes one D_ℓ per level, D_L … D_0 with D_0 = Z (4 channels) among them.",
-     checks=("sdanatomy.lecture.unet.unet_printed",))
+     checks=("sdanatomy.lecture.unet.unet_printed",),
+     route=_count_route("the same difference from the book's Θ shapes of the config "
+                        "(lecture.unet.theta_shapes): 1 + resnets + downsamplers of the down path, "
+                        "− (L + 1)",
+                        lambda seed=0, dtype=torch.float64: (
+                            _row_skips(seed, dtype),
+                            float(_skips_in_config(NARROW_UNET_CONFIG)
+                                  - len(NARROW_UNET_CONFIG["block_out_channels"]) - 1))))
 def _row_skips(seed=0, dtype=torch.float64):
     u, z, t, C = _unet_case(seed, dtype, 16, 8)
     counts = []
@@ -147,7 +194,13 @@ def _row_skips(seed=0, dtype=torch.float64):
             note="(88) applies one up block and (89) L more, with Θ^↑_{L−1} … Θ^↑_0, where (84) has Θ^↑_1 … Θ^↑_L. "
                  "(88) also concatenates Upsample2D(B), at twice B's size, with D_L, at B's size (60). SD-1.5 has "
                  "L = 4 up blocks; the first concatenates at the mid block's size and upsamples at its end.",
-     checks=("sdanatomy.lecture.unet.unet_printed",))
+     checks=("sdanatomy.lecture.unet.unet_printed",),
+     route=_count_route("the same difference from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes): L + 1 − the up_blocks it holds",
+                        lambda seed=0, dtype=torch.float64: (
+                            _row_up_count(seed, dtype),
+                            float(len(UNET_CONFIG["down_block_types"]) + 1
+                                  - _up_blocks_in_config(UNET_CONFIG)))))
 def _row_up_count(seed=0, dtype=torch.float64):
     u = meta("unet")
     return float(len(u.down_blocks) + 1 - len(u.up_blocks))
@@ -179,13 +232,29 @@ def _row_head(seed=0, dtype=torch.float64):
     return _rel(rgb_head(theta, U0, eps=EPS_UNET), ref)
 
 
+def _route_head_printed(seed, dtype):
+    theta, U0, _ = _head_case(seed, dtype)
+    conv = sd15_module("unet.conv_out", seed=seed, dtype=dtype)
+    with torch.no_grad():
+        centre = torch.zeros_like(conv.weight)
+        centre[:, :, 1, 1] = conv.weight[:, :, 1, 1]
+        conv.weight.copy_(centre)
+        theirs = conv(U0)
+    W = theta["conv_out.weight"][:, :, 1:2, 1:2]
+    return conv1x1({"weight": W, "bias": theta["conv_out.bias"]}, U0), theirs
+
+
 @row("(90) Conv1x1 output head, as printed", section=SECTION,
             formula=r"\mathrm{Conv1x1}_{\Theta^{out}}(\underline{U}_0)",
             reference=HEAD_REF, tol=1e-13, why_tol="the tolerance of the matching row", error=REL,
             verdict="differs", corrected_by=HEAD,
             note="SD-1.5's U-Net ends like the VAE decoder (Def. 6.21's remark there): GroupNorm → SiLU → a 3×3 "
                  "conv, not a Conv1x1. Θ^out mapped as closely as a 1×1 conv can: the centre tap of conv_out's "
-                 "kernel and its bias, applied to U_0 itself.")
+                 "kernel and its bias, applied to U_0 itself.",
+     route=Route(lambda seed=0, dtype=torch.float64: _route_head_printed(seed, dtype),
+                 how="diffusers' conv_out itself, its kernel zeroed but the centre tap (padding "
+                     "then reads only zeros), on U_0 without GroupNorm and SiLU",
+                 atol=1e-11, rtol=1e-11, why=ROUTE_BLOCK))
 def _row_head_printed(seed=0, dtype=torch.float64):
     theta, U0, ref = _head_case(seed, dtype)
     W = theta["conv_out.weight"][:, :, 1:2, 1:2]          # the centre tap (4, 320, 1, 1)

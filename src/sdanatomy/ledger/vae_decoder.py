@@ -12,15 +12,16 @@ and the full 49.5 M-parameter decoder takes seconds to fill with random numbers 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
 
-from sdanatomy.ledger.registry import row
+from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.attention import multihead_attention
 from sdanatomy.lecture.blocks import BOOK, TORCH, Ops, resnet_block_2d, resnet_block_2d_printed
-from sdanatomy.lecture.vae_decoder import (printed_stages, printed_theta, stages, up_decoder_block_2d, upsampling_factor,
-                      vae_attention, vae_decoder, vae_decoder_printed)
+from sdanatomy.lecture.vae_decoder import (printed_stages, printed_theta, printed_upsampling_factor, stages,
+                      up_decoder_block_2d, upsampling_factor, vae_attention, vae_decoder, vae_decoder_printed)
 from sdanatomy.lecture.layers import EPS_VAE, group_norm, sub, upsample_2d
 from sdanatomy.lecture.notation import flatten, unflatten
 from sdanatomy.sd15.reference import meta, seed_parameters, reference, narrow_vae, NARROW_VAE_CONFIG
@@ -31,6 +32,8 @@ F64_NET = ("float64 (u = 1.1e-16): ~30 layers of sums of ≤ 4608 terms, in anot
            "diffusers' kernels; observed ≤ 1e-14")
 F64_BLOCK = "float64: a few layers of sums of ≤ 4608 terms in another order: ≲ 1e-13 relative"
 REL = "max |err| / max |ref|"
+ROUTE_TOL = ("float64; the same layers by diffusers' modules and by the book's functions, sums in "
+             "other orders: ≲ 1e-13 of the output scale (≲ 100 here)")
 SIZES = ((1, 1), (1, 7), (3, 5), (13, 8), (64, 64), (64, 96), (97, 33))   # latent H_z × W_z
 
 
@@ -103,6 +106,37 @@ def _sd15_stages():
 
 
 STAGES = "(92)–(96) decoder stages, as SD-1.5 runs them"
+RESNET_CONVS = ("conv1", "conv2", "conv_shortcut")
+
+
+def executed_printed_stages(config=NARROW_VAE_CONFIG, *, seed: int = 0, dtype=torch.float64) -> list[str]:
+    """The kinds of the stages :func:`vae_decoder_printed` runs, in call order, recorded while it
+    runs (a 1×2 latent): each conv or Upsample2D call is traced to its Θ key, the calls of one
+    ResnetBlock2D (conv1, conv2, conv_shortcut) grouped under the block's prefix."""
+    theta = printed_theta(config, seed=seed, dtype=dtype)
+    key = {id(v): k for k, v in theta.items()}
+    calls = []                                                     # (stage, kind)
+
+    def conv2d(th, X, **kw):
+        parts = key[id(th["weight"])].split(".")[:-1]              # the conv's module path
+        if parts[-1] in RESNET_CONVS:
+            calls.append((".".join(parts[:-1]), "ResnetBlock2D"))
+        else:
+            calls.append((".".join(parts), "Conv{}x{}".format(*th["weight"].shape[-2:])))
+        return TORCH.conv2d(th, X, **kw)
+
+    def upsample_2d(th, X, **kw):
+        calls.append((key[id(th["conv.weight"])].rsplit(".", 2)[0], "Upsample2D"))
+        return TORCH.upsample_2d(th, X, **kw)
+
+    ops = dataclasses.replace(TORCH, name="recording", conv2d=conv2d, upsample_2d=upsample_2d)
+    with torch.no_grad():
+        vae_decoder_printed(theta, torch.zeros(1, 4, 1, 2, dtype=dtype), config=config, ops=ops)
+    out = []
+    for stage in calls:
+        if not out or out[-1] != stage:
+            out.append(stage)
+    return [kind for _, kind in out]
 
 
 @row("(92)–(95) decoder stages as printed", section="8.2",
@@ -114,7 +148,12 @@ STAGES = "(92)–(96) decoder stages, as SD-1.5 runs them"
                  "(1×1), conv_in (3×3, 4→512) and a mid block ResnetBlock2D → self-attention → ResnetBlock2D "
                  "where (93) has one ResnetBlock2D on Z (whose GroupNorm^(32) cannot even normalise C_z = 4 "
                  "channels); each of its 4 up blocks runs 3 ResnetBlock2D and then Upsample2D, the last none; "
-                 "the head is GroupNorm → SiLU → Conv 3×3, not Conv1x1.")
+                 "the head is GroupNorm → SiLU → Conv 3×3, not Conv1x1.",
+     route=Route(lambda seed=0, dtype=torch.float64: (
+                     [k for _, k in printed_stages()], executed_printed_stages(seed=seed, dtype=dtype)),
+                 how="the kinds of stages vae_decoder_printed runs, recorded call by call while it "
+                     "decodes (widths (32, 32, 64, 64), L_d = 4), against printed_stages()",
+                 atol=0.0, rtol=0.0, why="lists of kinds: equal or not"))
 def _row_stages_printed(seed=0, dtype=torch.float64):
     return float(edit_distance([k for _, k in printed_stages()], [k for _, k in _sd15_stages()]))
 
@@ -146,6 +185,18 @@ def _resnet_case(seed, dtype, d_t=512):
     return module, theta, X, film
 
 
+def _route_resnet_h0(seed=0, dtype=torch.float64):
+    m, theta, X, film = _resnet_case(seed, dtype)
+    ours = resnet_block_2d_printed(theta | film, X, X.new_zeros(2, 512), groups=32, eps=EPS_VAE)
+    act = m.nonlinearity
+    with torch.no_grad():
+        W1 = m.conv1(act(m.norm1(X)))                                            # (52)
+        U2 = (film["gamma.bias"][:, None, None] * m.norm2(W1)
+              + film["beta.bias"][:, None, None])                                 # (54): γ(0), β(0)
+        theirs = m.conv_shortcut(X) + m.conv2(act(U2))                           # (55)–(57)
+    return ours, theirs
+
+
 @row("(93) ResnetBlock2D(·, 0): h = 0 with the FiLM Linears of Def. 6.15", section="8.2",
             formula=r"\hat U_2 = \gamma(\mathbf 0)\odot U_2 + \beta(\mathbf 0) = b_\gamma\odot U_2 + b_\beta",
             reference=f"diffusers ResnetBlock2D {RESNET_PATH} (temb=None)", tol=1e-12, why_tol=F64_BLOCK,
@@ -154,7 +205,11 @@ def _resnet_case(seed, dtype, d_t=512):
                  "biases, still scale and shift GroupNorm's output (here as torch initialises a Linear, "
                  "U(±1/√d_t)). The block is time-independent, but it is SD-1.5's only if b_γ = 1, b_β = 0 "
                  "or once they are folded into norm2. SD-1.5's VAE blocks have no time projection at all "
-                 "(temb_channels=None): h is absent, not zero.")
+                 "(temb_channels=None): h is absent, not zero.",
+     route=Route(_route_resnet_h0,
+                 how="diffusers' norm1, conv1, norm2, conv2, conv_shortcut of the block, with "
+                     "γ(0) = b_γ and β(0) = b_β applied after norm2, as (54) prints",
+                 atol=1e-11, rtol=1e-11, why=ROUTE_TOL))
 def _row_resnet_h0(seed=0, dtype=torch.float64):
     module, theta, X, film = _resnet_case(seed, dtype)
     with torch.no_grad():
@@ -222,6 +277,23 @@ def def_6_14_theta(theta: dict) -> dict:
             "to_out.0.bias": theta["to_out.0.bias"] + theta["to_out.0.weight"] @ theta["to_v.bias"]}
 
 
+def _route_attention_mha(seed=0, dtype=torch.float64):
+    theta, X, _ = _attention_case(seed, dtype)
+    m = copy.deepcopy(reference(ATTENTION_PATH, seed=seed, dtype=dtype))
+    with torch.no_grad():
+        m.to_out[0].bias.add_(m.to_out[0].weight @ m.to_v.bias)               # b_O' = b_O + W_O b_V
+        for lin in (m.to_q, m.to_k, m.to_v):
+            lin.bias.zero_()                                                  # no b_Q, b_K, b_V
+        theirs = m(X)
+    return _attention_mha(theta, X), theirs
+
+
+def _attention_mha(theta, X):
+    H, W = X.shape[-2:]
+    T = flatten(group_norm(sub(theta, "group_norm"), X, groups=32, eps=EPS_VAE))      # (B, N, C)
+    return X + unflatten(multihead_attention(def_6_14_theta(theta), T, heads=1), H, W)  # (31)–(33), h = 1
+
+
 @row("(93) Def. 6.14 MultiheadAttention (h = 1) as the VAE's attention", section="8.2",
             formula=r"X + \mathrm{unflatten}(\mathrm{MultiheadAttention}(T, T)),\ "
                     r"Q = TW_Q,\ K = TW_K,\ V = TW_V,\ b_O' = b_O + W_O b_V",
@@ -232,13 +304,14 @@ def def_6_14_theta(theta: dict) -> dict:
                  "(it adds q·b_K to all scores of a query: the softmax cancels it), b_V folded into "
                  "b_O + W_O b_V (each query's weights sum to 1) — what remains is b_Q, a per-key score "
                  "b_Q·k_m/√d that Def. 6.14's Θ has no slot for.",
-     checks=("sdanatomy.lecture.attention.multihead_attention",))
+     checks=("sdanatomy.lecture.attention.multihead_attention",),
+     route=Route(_route_attention_mha,
+                 how="diffusers' own Attention (group_norm, one head, residual) given Def. 6.14's Θ: "
+                     "b_Q, b_K, b_V zeroed, b_O + W_O b_V as its output bias",
+                 atol=1e-11, rtol=1e-11, why=ROUTE_TOL))
 def _row_attention_mha(seed=0, dtype=torch.float64):
     theta, X, ref = _attention_case(seed, dtype)
-    H, W = X.shape[-2:]
-    T = flatten(group_norm(sub(theta, "group_norm"), X, groups=32, eps=EPS_VAE))      # (B, N, C)
-    Y = X + unflatten(multihead_attention(def_6_14_theta(theta), T, heads=1), H, W)  # (31)–(33), h = 1
-    return _rel(Y, ref)
+    return _rel(_attention_mha(theta, X), ref)
 
 
 # --- (94): one level ---------------------------------------------------------------------------
@@ -255,18 +328,35 @@ UP_PATH = "vae.decoder.up_blocks.2"   # 512 -> 256: three ResnetBlock2D (the fir
             note="SD-1.5's levels run their ResnetBlock2D first, at the lower resolution, and upsample last "
                  "(the reverse of (94)); Conv2d does not commute with Upsample2D, so even with one block and "
                  "the same Θ the two orders differ. SD-1.5 also runs n = layers_per_block + 1 = 3 blocks per "
-                 "level, not 1, and its resnets therefore work at a quarter of the pixels (94) would use.")
+                 "level, not 1, and its resnets therefore work at a quarter of the pixels (94) would use.",
+     route=Route(lambda seed=0, dtype=torch.float64: _route_up_printed(seed, dtype),
+                 how="the block's own Upsample2D, then its ResnetBlock2D (diffusers' modules), in "
+                     "(94)'s order",
+                 atol=1e-11, rtol=1e-11, why=ROUTE_TOL))
 def _row_up_printed(seed=0, dtype=torch.float64):
+    block, theta, X = _level_case(seed, dtype)
+    with torch.no_grad():
+        ref = block(X)                                                # ResnetBlock2D, then Upsample2D
+    return _rel(_level_printed(theta, X), ref)
+
+
+def _level_case(seed, dtype):
     block = copy.deepcopy(meta("vae").decoder.up_blocks[1])
     block.resnets = block.resnets[:1]                                 # n = 1: SD-1.5's class and settings
     block = seed_parameters(block, seed, dtype)
-    theta = _theta(block)
-    X = _randn(seed, dtype, 2, 512, 3, 4)
-    with torch.no_grad():
-        ref = block(X)                                                # ResnetBlock2D, then Upsample2D
+    return block, _theta(block), _randn(seed, dtype, 2, 512, 3, 4)
+
+
+def _level_printed(theta, X):
     U = upsample_2d(sub(theta, "upsamplers.0"), X)                    # (94) as printed: Upsample2D first
-    Y = resnet_block_2d(sub(theta, "resnets.0"), U, None, groups=32, eps=EPS_VAE)
-    return _rel(Y, ref)
+    return resnet_block_2d(sub(theta, "resnets.0"), U, None, groups=32, eps=EPS_VAE)
+
+
+def _route_up_printed(seed=0, dtype=torch.float64):
+    block, theta, X = _level_case(seed, dtype)
+    with torch.no_grad():
+        theirs = block.resnets[0](block.upsamplers[0](X), None)      # diffusers' modules, (94)'s order
+    return _level_printed(theta, X), theirs
 
 
 @row(UP_BLOCK, section="8.2",
@@ -296,23 +386,50 @@ def _sd15_sizes() -> list[tuple[int, int]]:
     return out
 
 
-@row("(95)–(96) image size H = 2^{L_d} H_z", section="8.2",
-            formula=r"H = 2^{L_d} H_z,\ W = 2^{L_d} W_z,\ L_d = 4",
-            reference="diffusers AutoencoderKL.decode's output size (SD-1.5's config, meta device), "
-                      "latents 1×1 and 1×7", tol=0, why_tol="sizes: integers, exact",
-            error="max |H_printed − H| / H", verdict="differs", corrected_by=SIZE,
-            note="Θ_Dec (92) has one level Θ_ℓ^↑ per up block, L_d = 4 in SD-1.5, but the last up block "
-                 "has no Upsample2D: SD-1.5's image is 8 = 2³ times the latent (512 from 64), not 16 = 2⁴. "
-                 "The printed decoder, executed (at widths (32, 32, 64, 64)), does give 16×.")
+LEVELS_PRINTED = "(95)–(96) one L_d for the levels and the upsamplings, as printed"
+L_D_RANGE = range(1, 7)
+
+
+def _printed_config(L_d: int) -> dict:
+    """NARROW_VAE_CONFIG with L_d levels (Def. 8.2's L_d = the number of Θ_ℓ^↑), widths 32."""
+    return dict(NARROW_VAE_CONFIG, block_out_channels=(32,) * L_d, up_block_types=("UpDecoderBlock2D",) * L_d)
+
+
+def _printed_factors(seed, dtype) -> list[int]:
+    """H / H_z of Def. 8.2 as printed, executed (vae_decoder_printed on a 1×2 latent), L_d = 1…6;
+    0 where the width is not the same multiple."""
+    out = []
+    for L_d in L_D_RANGE:
+        cfg = _printed_config(L_d)
+        Y = vae_decoder_printed(printed_theta(cfg, seed=seed, dtype=dtype),
+                                _randn(seed, dtype, 1, 4, 1, 2), config=cfg)
+        out.append(Y.shape[-2] if Y.shape[-1] == 2 * Y.shape[-2] else 0)
+    return out
+
+
+@row(LEVELS_PRINTED, section="8.2",
+            formula=r"H = 2^{L_d} H_z,\ L_d = |\{\Theta^\uparrow_\ell\}|:\ \text{one upsampling per level}",
+            reference="diffusers AutoencoderKL (SD-1.5's config, meta device): its up blocks and "
+                      "decode's output size; Def. 8.2 executed for L_d = 1…6 (widths 32)",
+            tol=0, why_tol="counts and log₂ of sizes: integers, exact",
+            error="min over L_d of |L_d − up blocks| + |log₂(H/H_z) printed − log₂(H/H_z) SD-1.5|",
+            verdict="differs", corrected_by=SIZE,
+            note="Def. 8.2 gives each of its L_d levels Θ_ℓ^↑ one Upsample2D (94), so one number counts "
+                 "both the up blocks and the doublings. SD-1.5 has 4 up blocks, and the last has no "
+                 "Upsample2D: 3 doublings, 8× (512 from 64). L_d = 4 fits the blocks but gives 16× "
+                 "(1024 from 64); L_d = 3 gives 8× but one up block too few. No L_d fits both.",
+     checks=("sdanatomy.lecture.vae_decoder.printed_upsampling_factor",),
+     route=Route(lambda seed=0, dtype=torch.float64: (
+                     _printed_factors(seed, dtype),
+                     [printed_upsampling_factor(_printed_config(L_d)) for L_d in L_D_RANGE]),
+                 how="the closed form 2^{L_d} (printed_upsampling_factor) against the size "
+                     "vae_decoder_printed returns, L_d = 1…6",
+                 atol=0.0, rtol=0.0, why="sizes: integers, exact"))
 def _row_size_printed(seed=0, dtype=torch.float64):
-    theta = printed_theta(NARROW_VAE_CONFIG, seed=seed, dtype=dtype)
-    sd = dict(zip(SIZES, _sd15_sizes()))
-    err = 0.0
-    for H_z, W_z in ((1, 1), (1, 7)):
-        Y = vae_decoder_printed(theta, _randn(seed, dtype, 1, 4, H_z, W_z), config=NARROW_VAE_CONFIG)
-        H, W = sd[(H_z, W_z)]
-        err = max(err, abs(Y.shape[-2] - H) / H, abs(Y.shape[-1] - W) / W)
-    return err
+    blocks = len(meta("vae").decoder.up_blocks)                        # SD-1.5: 4
+    factor = dict(zip(SIZES, _sd15_sizes()))[(1, 1)][0]                 # SD-1.5: 8
+    return float(min(abs(L_d - blocks) + (abs(math.log2(f) - math.log2(factor)) if f > 0 else math.inf)
+                     for L_d, f in zip(L_D_RANGE, _printed_factors(seed, dtype))))
 
 
 @row(SIZE, section="8.2",
