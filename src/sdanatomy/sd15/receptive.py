@@ -192,7 +192,8 @@ def measure_sd15(unet: nn.Module, latent_shape=(4, 64, 64), outputs=None, *, att
 # ================================================================ plots
 
 
-def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, measured=None):
+def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, measured=None,
+                figsize: tuple[float, float] = (9, 4.2)):
     """R against depth (left) and the depth needed to reach a width W (right), log scales.
 
     Left: R_pure (79) and R_unet (82) for n convs per level, against the number of 3×3 convs on
@@ -201,7 +202,7 @@ def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, m
     """
     from matplotlib.figure import Figure   # not pyplot: the caller decides where it is shown
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
     a, b = fig.subplots(1, 2)
     D = range(1, max(ns) * (max_L + 1) + 1)
     a.plot(D, [R_pure(L) for L in D], "k-", label="pure CNN, (79)")
@@ -213,7 +214,7 @@ def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, m
     a.axhline(W, color="gray", ls="--")
     a.text(D[-1], W * 1.15, f"W = {W} (SD-1.5 latent)", ha="right", color="gray")
     a.set(yscale="log", xlabel="3×3 convs on the path", ylabel="receptive field R (pixels)",
-          title="R grows linearly in a pure CNN, exponentially across levels")
+          title="R grows linearly in a pure CNN,\nexponentially across levels")
     a.legend(fontsize=8)
     Ws = [2 ** e for e in range(1, 13)]
     b.plot(Ws, [pure_layers_needed(w) for w in Ws], "k-", label="pure CNN: ⌈(W−1)/2⌉ convs, (80)")
