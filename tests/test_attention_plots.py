@@ -42,7 +42,7 @@ def test_temperature_figure_draws_eq_17():
         e = [math.exp(x / tau) for x in s]                      # (17) written out
         want = [v / sum(e) for v in e]
         np.testing.assert_allclose(_heights(ax), want, atol=ATOL, rtol=RTOL)
-        assert f"τ = {tau:.3g}:" in ax.get_title()
+        assert ax.get_title().startswith(f"τ = {tau:.3g}\n")
         assert ax.get_ylim() == (0, 1)
 
 

@@ -35,9 +35,9 @@ def _bars(ax, p: torch.Tensor, *, xlabel: str, title: str) -> None:
     ax.axhline(1 / M, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1)
     ax.set_xticks(range(1, M + 1))
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_title(title, fontsize=9.5)
+    ax.tick_params(labelsize=8.5)
 
 
 # --- (17): the temperature ------------------------------------------------------------
@@ -49,14 +49,14 @@ def temperature_figure(taus=(0.25, 1.0, 4.0), scores=SCORES) -> Figure:
     the dotted line is the uniform level 1/M. Small τ: towards one-hot; large τ: flat.
     """
     s = torch.tensor(scores, dtype=torch.float64)
-    fig = Figure(figsize=(max(4.2, 2.6 * len(taus) + 0.6), 2.6))
+    fig = Figure(figsize=(max(3.6, 2.4 * len(taus) + 0.5), 2.9))
     axes = fig.subplots(1, len(taus), sharey=True, squeeze=False)[0]
     for ax, tau in zip(axes, taus):
         p = softmax(s, tau=tau)                                  # (17)
         _bars(ax, p, xlabel="entry i  (score sᵢ)",
-              title=f"τ = {tau:.3g}: max π = {p.max():.2f}, H = {entropy(p):.2f}")
+              title=f"τ = {tau:.3g}\nmax π = {p.max():.2f}, H = {entropy(p):.2f}")
         ax.set_xticks(range(1, len(s) + 1), [f"{x:g}" for x in scores])
-    axes[0].set_ylabel("Softmax⁽τ⁾(s)ᵢ", fontsize=8)
+    axes[0].set_ylabel("Softmax⁽τ⁾(s)ᵢ", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -80,14 +80,14 @@ def ray_figure(alphas=(0.0, 2.0, 8.0), q=None, K=None) -> Figure:
         q, K = ray_keys()
     P = weights_along_ray(q, K, alphas)                              # (A, M)
     limit = hard_limit(q, K)                                         # α → ∞
-    fig = Figure(figsize=(max(4.2, 2.6 * len(alphas) + 0.6), 2.6))
+    fig = Figure(figsize=(max(3.6, 2.4 * len(alphas) + 0.5), 2.9))
     axes = fig.subplots(1, len(alphas), sharey=True, squeeze=False)[0]
     for ax, alpha, p in zip(axes, alphas, P):
-        _bars(ax, p, xlabel="key m", title=f"α = {alpha:.3g}: max π = {p.max():.3f}")
+        _bars(ax, p, xlabel="key m", title=f"α = {alpha:.3g}\nmax π = {p.max():.3f}")
         ax.bar(range(1, len(limit) + 1), limit.tolist(), fill=False, edgecolor="k",
                ls="--", lw=0.8, label="limit α → ∞")
-    axes[0].legend(fontsize=7, loc="upper right")
-    axes[0].set_ylabel("πₘ(α q)", fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("πₘ(α q)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -138,7 +138,7 @@ def float16_figure(rows: list[dict], d: int = 40) -> Figure:
     that did not. Dashed: max|S| = 65504/√d, where Q Kᵀ reaches float16's limit ("after"
     divides too late); solid: max|S| = 65504, where the scores themselves do.
     """
-    fig = Figure(figsize=(8.6, 3.2))
+    fig = Figure(figsize=(7.6, 3.4))
     ax_o, ax_e = fig.subplots(1, 2)
     styles = {"after": "o-", "before": "s--", "q-only": "^:", "F.sdpa": "D-"}
     for order, (xs, ys) in _per_order(rows, "overflow").items():
@@ -146,23 +146,23 @@ def float16_figure(rows: list[dict], d: int = 40) -> Figure:
     for order, (xs, ys) in _per_order(rows, "o_max").items():
         ax_e.plot(xs, ys, styles[order], ms=4, label=order)
     ax_e.axhline(FLOAT16_UNIT, color="grey", lw=0.8)
-    ax_e.text(300, FLOAT16_UNIT * 0.55, "unit roundoff 2⁻¹¹", fontsize=7, color="grey",
+    ax_e.text(300, FLOAT16_UNIT * 0.55, "unit roundoff 2⁻¹¹", fontsize=8, color="grey",
               va="top")
     ax_e.set_yscale("log")
     for ax in (ax_o, ax_e):
         ax.set_xscale("log")
         ax.axvline(FLOAT16_MAX / math.sqrt(d), color="k", ls="--", lw=0.8)
         ax.axvline(FLOAT16_MAX, color="k", lw=0.8)
-        ax.set_xlabel("largest score max|S|", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel("largest score max|S|", fontsize=9)
+        ax.tick_params(labelsize=8.5)
     top = ax_o.get_ylim()[1]
-    ax_o.text(FLOAT16_MAX / math.sqrt(d) * 0.9, top * 0.5, f"65504/√{d}", fontsize=7,
+    ax_o.text(FLOAT16_MAX / math.sqrt(d) * 0.9, top * 0.5, f"65504/√{d}", fontsize=8,
               ha="right", rotation=90)
-    ax_o.text(FLOAT16_MAX * 0.9, top * 0.5, "65504", fontsize=7, ha="right",
+    ax_o.text(FLOAT16_MAX * 0.9, top * 0.5, "65504", fontsize=8, ha="right",
               rotation=90)
-    ax_o.set_ylabel("draws that overflow (%)", fontsize=8)
-    ax_e.set_ylabel("output error, worst draw", fontsize=8)
-    ax_o.legend(fontsize=7, loc="center left")
+    ax_o.set_ylabel("draws that overflow (%)", fontsize=9)
+    ax_e.set_ylabel("output error, worst draw", fontsize=9)
+    ax_o.legend(fontsize=8.5, loc="center left")
     fig.tight_layout()
     return fig
 
@@ -178,28 +178,28 @@ def cross_attention_figure(image: torch.Tensor, words: list[str],
     """
     M = pi.shape[0]
     norm = Normalize(vmin=0.0, vmax=2.0 / M)
-    fig = Figure(figsize=(8.4, 3.6), layout="constrained")
+    fig = Figure(figsize=(7.8, 3.7), layout="constrained")
     axes = fig.subplots(2, math.ceil((M + 2) / 2)).ravel()
     axes[0].imshow(image[0].numpy(), cmap="gray_r")
-    axes[0].set_title("image", fontsize=8)
+    axes[0].set_title("image", fontsize=9)
     for ax, word, m in zip(axes[1:], words, pi):
         im = ax.imshow(m.numpy(), cmap="RdBu_r", norm=norm)
-        ax.set_title(word, fontsize=7)
+        ax.set_title(word, fontsize=8.5)
     for ax in axes[:M + 1]:
         ax.set_xticks([])
         ax.set_yticks([])
     hist = axes[M + 1]
     hist.hist(pi.flatten().numpy(), bins=40, range=(0, 2 / M), color="grey")
     hist.axvline(1 / M, color="k", ls=":", lw=1)
-    hist.set_title("all weights", fontsize=8)
+    hist.set_title("all weights", fontsize=9)
     hist.set_yticks([])
-    hist.set_xlabel("π", fontsize=7, labelpad=1)
-    hist.tick_params(labelsize=6)
+    hist.set_xlabel("π", fontsize=8.5, labelpad=1)
+    hist.tick_params(labelsize=8)
     bar = fig.colorbar(im, ax=axes.tolist(), fraction=0.03, pad=0.02)
     bar.set_ticks([0, 1 / M, 2 / M], labels=["0", f"1/M = {1 / M:.3f}\n(uniform)",
                                               f"{2 / M:.2f}"])
-    bar.ax.tick_params(labelsize=7)
-    bar.set_label("π", fontsize=8)
+    bar.ax.tick_params(labelsize=8.5)
+    bar.set_label("π", fontsize=9)
     for axis in axes[M + 2:]:
         axis.set_visible(False)
     return fig
