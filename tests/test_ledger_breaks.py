@@ -12,12 +12,13 @@ import torch
 
 from sdanatomy import ledger
 from sdanatomy.lecture.attention import NO_OUTPUT_BIAS
-from sdanatomy.lecture.blocks import BOOK, resnet_block_2d
+from sdanatomy.lecture.blocks import BOOK, TORCH, resnet_block_2d
 from sdanatomy.lecture.layers import sub
 from sdanatomy.ledger import registry
 import sdanatomy.ledger.attention as attention_rows
 import sdanatomy.ledger.blocks as block_rows
 import sdanatomy.ledger.layers as layer_rows
+import sdanatomy.ledger.sizes as size_rows
 import sdanatomy.ledger.vae_decoder as decoder_rows
 
 
@@ -34,7 +35,11 @@ def test_the_rows_hold_unbroken():
     for name in ("(53)–(54) ResnetBlock2D, as printed: FiLM after GroupNorm",
                  "(31)–(33) MultiheadAttention, as printed", "(14) Conv2d as printed, i·s+u−p",
                  "(60) UpBlock2D upsamples first, as printed", "(92)–(95) decoder stages as printed",
-                 "(95)–(96) one L_d for the levels and the upsamplings, as printed", "(27) Concat"):
+                 "(95)–(96) one L_d for the levels and the upsamplings, as printed", "(27) Concat",
+                 "§5.5 every layer translation-equivariant, as printed: any shift",
+                 "§6 function names, as printed: each a torch or diffusers name",
+                 "§6 footnotes, as printed: diffusers' file paths",
+                 "(34)–(35) soft dictionary weighs the closest key most, as printed (Ex. 6.1)"):
         assert ledger.get(name).run(seed=0).ok, name
 
 
@@ -105,6 +110,34 @@ def test_a_printed_decoder_that_skips_an_upsampling_fails(monkeypatch):
     monkeypatch.setattr(decoder_rows, "vae_decoder_printed", one_short)
     e = ledger.get("(95)–(96) one L_d for the levels and the upsamplings, as printed")
     assert not e.run(seed=0).ok
+
+
+# --- a printed claim in prose -------------------------------------------------------------------
+
+def test_equivariance_through_a_zero_padded_book_unet_fails(monkeypatch):
+    # The book's route pads with zeros where diffusers' module pads circularly.
+    monkeypatch.setattr(size_rows, "CIRCULAR", TORCH)
+    _broken("§5.5 every layer translation-equivariant, as printed: any shift")
+
+
+def test_a_name_lookup_blind_to_snake_case_fails(monkeypatch):
+    # getattr with the printed spelling only: Interpolate, Concat, ScaledDotProductAttention
+    # go missing too, where the source files have interpolate, concat, scaled_dot_product_attention.
+    monkeypatch.setattr(layer_rows, "_spellings", lambda name: (name,))
+    _broken("§6 function names, as printed: each a torch or diffusers name")
+
+
+def test_a_path_lookup_that_drops_models_fails(monkeypatch):
+    monkeypatch.setattr(layer_rows, "_module_of",
+                        lambda path: "diffusers." + path.removesuffix(".py").split("/")[-1])
+    _broken("§6 footnotes, as printed: diffusers' file paths")
+
+
+def test_soft_dictionary_weights_without_the_scaling_fail(monkeypatch):
+    def unscaled(q, K):                                  # Softmax(Kq): no 1/√d
+        return torch.softmax(K @ q, dim=-1)
+    monkeypatch.setattr(attention_rows, "attention_weights", unscaled)
+    _broken("(34)–(35) soft dictionary weighs the closest key most, as printed (Ex. 6.1)")
 
 
 # --- a matching row that could not fail before: (27) ----------------------------------------------

@@ -1,4 +1,5 @@
-"""Ledger rows of lecture §6.8: (30)–(35), (51), the printed numbers, and SD-1.5's modules.
+"""Ledger rows of lecture §6.8: (30)–(35), (51), the printed numbers, SD-1.5's modules and torch's
+MultiheadAttention class loaded with their Θ.
 
 Imported by :mod:`sdanatomy.ledger`.
 """
@@ -14,7 +15,7 @@ from sdanatomy.ledger.registry import Route, row
 from sdanatomy.lecture.layers import softmax
 from sdanatomy.lecture.attention import (NO_OUTPUT_BIAS, ONE_HEAD, PRINTED_SLIPS, Q_FROM_W_O, scaled_dot_product_attention, scaled_dot_product_attention_printed,
     soft_lookup, lookup, HALF_UNIT, claims_example_6_2, claims_exercise_6_1, weights_along_ray,
-    hard_limit, multihead_attention, multihead_attention_printed)
+    hard_limit, multihead_attention, multihead_attention_printed, attention_weights)
 from sdanatomy.sd15.attention import sd15_attention_modules, sd15_attention
 from sdanatomy.sd15.reference import seed_parameters
 
@@ -348,3 +349,118 @@ def _row_limit_ties(seed=0, dtype=torch.float64):
         K[(top + 1) % 6] = K[top] + w                                     # a second key ties with the best
         err = max(err, (weights_along_ray(q, K, [1000.0])[0] - hard_limit(q, K)).abs().max().item())
     return err
+
+
+# --- §6.8: torch's own MultiheadAttention class, loaded with SD-1.5's Θ -----------------------
+
+def torch_multihead_attention(attn) -> torch.nn.MultiheadAttention:
+    """torch.nn.MultiheadAttention holding a diffusers Attention's Θ: to_q, to_k, to_v as its
+    in-projections (with zero biases: SD-1.5's have none), to_out.0 as out_proj."""
+    C, d_ctx = attn.to_q.in_features, attn.to_k.in_features
+    sd = attn.state_dict()
+    dtype = sd["to_q.weight"].dtype
+    mha = torch.nn.MultiheadAttention(C, attn.heads, bias=True, kdim=d_ctx, vdim=d_ctx,
+                                      batch_first=True, dtype=dtype).eval()
+    with torch.no_grad():
+        if mha._qkv_same_embed_dim:                  # self-attention: one stacked in-projection
+            mha.in_proj_weight.copy_(torch.cat([sd["to_q.weight"], sd["to_k.weight"],
+                                                sd["to_v.weight"]]))
+        else:                                        # cross-attention: keys of width 768
+            mha.q_proj_weight.copy_(sd["to_q.weight"])
+            mha.k_proj_weight.copy_(sd["to_k.weight"])
+            mha.v_proj_weight.copy_(sd["to_v.weight"])
+        mha.in_proj_bias.zero_()
+        mha.out_proj.weight.copy_(sd["to_out.0.weight"])
+        mha.out_proj.bias.copy_(sd["to_out.0.bias"])
+    return mha
+
+
+@row("(31)–(33) torch.nn.MultiheadAttention, with SD-1.5's attn1 and attn2 Θ", section="6.8",
+     formula=r"\texttt{nn.MultiheadAttention}(X, C, C) = \mathrm{Concat}_{j}(\mathrm{head}_j)"
+             r"\,W_O + b_O",
+     reference=MHA_REF + "; nn.MultiheadAttention(320, 8, kdim = vdim = 320 or 768, "
+               "batch_first=True) with the same Θ, zero in-projection biases; N = 16, "
+               "text context 77 × 768",
+     tol=TOL_MHA, why_tol=F64_MHA,
+     error="max abs over |torch's class − diffusers| and |multihead_attention − torch's class|")
+def _row_torch_mha(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    err = 0.0
+    for cross in (False, True):
+        attn = sd15_attention(320, cross=cross, seed=seed, dtype=dtype)
+        X = torch.randn(2, 16, 320, generator=g, dtype=dtype)
+        ctx = torch.randn(2, 77, 768, generator=g, dtype=dtype) if cross else X
+        with torch.no_grad():
+            ref = attn(X, encoder_hidden_states=ctx if cross else None)
+            theirs = torch_multihead_attention(attn)(X, ctx, ctx, need_weights=False)[0]
+        ours = multihead_attention(dict(attn.state_dict()), X, ctx if cross else None)
+        err = max(err, (theirs - ref).abs().max().item(), (ours - theirs).abs().max().item())
+    return err
+
+
+# --- §6.8.1: "closest": the weights follow inner products, not distances -----------------------
+
+NEAR_FAR_Q = (1.0, 0.0)
+NEAR_FAR_K = ((1.0, 0.0), (3.0, 0.0))      # k₁ = q (distance 0), k₂ = 3q (distance 2)
+INNER = "(35) π(q) weighs keys by inner product ⟨q, k_m⟩, not by distance"
+
+
+def _near_far(dtype):
+    return torch.tensor(NEAR_FAR_Q, dtype=dtype), torch.tensor(NEAR_FAR_K, dtype=dtype)
+
+
+def _inner_product_draws(seed, dtype):
+    """q and 6 keys of unequal norms in R^8, 20 draws; and the example of k₁ = q, k₂ = 3q."""
+    g = torch.Generator().manual_seed(seed)
+    draws = [_near_far(dtype)]
+    for _ in range(20):
+        q = torch.randn(8, generator=g, dtype=dtype)
+        K = torch.randn(6, 8, generator=g, dtype=dtype) * (0.5 + 2 * torch.rand(6, 1, generator=g,
+                                                                              dtype=dtype))
+        draws.append((q, K))
+    return draws
+
+
+@row(INNER, section="6.8.1",
+     formula=r"\log\pi_m(q) - \log\pi_{m'}(q) = \langle q, k_m - k_{m'}\rangle/\sqrt d",
+     reference="the inner products ⟨q, k_m⟩ (torch.mv), 20 draws of 6 keys of unequal norms in "
+               "R^8, and k₁ = q = (1, 0), k₂ = (3, 0)",
+     tol=1e-13,
+     why_tol="float64: log of softmax weights for scores |s| ≲ 10, each side a few roundings of "
+             "|s|: ≲ 10·8·2⁻⁵³ ≈ 1e-14",
+     error="max |log π_m − log π_1 − ⟨q, k_m − k_1⟩/√d| over the draws")
+def _row_inner_product(seed=0, dtype=torch.float64):
+    err = 0.0
+    for q, K in _inner_product_draws(seed, dtype):
+        pi = attention_weights(q, K)                                  # (35)
+        s = torch.mv(K, q) / math.sqrt(q.shape[0])
+        err = max(err, ((pi.log() - pi[0].log()) - (s - s[0])).abs().max().item())
+    return err
+
+
+def _route_closest_printed(seed=0, dtype=torch.float64):
+    q, K = _near_far(dtype)
+    a = math.sqrt(2.0)        # (⟨q, k₂⟩ − ⟨q, k₁⟩)/√d = (3 − 1)/√2
+    return attention_weights(q, K), [1 / (1 + math.exp(a)), math.exp(a) / (1 + math.exp(a))]
+
+
+@row("(34)–(35) soft dictionary weighs the closest key most, as printed (Ex. 6.1)",
+     section="6.8.1",
+     formula=r"\|q - k_1\| < \|q - k_2\| \Rightarrow \pi_1(q) > \pi_2(q)",
+     reference="(35) for q = (1, 0), k₁ = (1, 0) (distance 0), k₂ = (3, 0) (distance 2)",
+     tol=1e-13, why_tol="the matching tolerance of the corrected row",
+     error="π₂(q) − π₁(q): the farther key's weight minus the closer key's (≤ 0 if the closest "
+           "weighed most)",
+     verdict="differs", corrected_by=INNER,
+     note="Attention weighs by inner product: k₂ = 3q is farther from q than k₁ = q but has the "
+          "larger score, π = (0.196, 0.804). Distance and inner product rank keys alike only "
+          "when the keys have equal norms, ‖q − k‖² = ‖q‖² + ‖k‖² − 2⟨q, k⟩.",
+     route=Route(_route_closest_printed,
+                 how="the closed form π = (1, e^√2)/(1 + e^√2), from the scores 1/√2 and 3/√2 "
+                     "(math.exp)",
+                 atol=1e-15, rtol=1e-14,
+                 why="float64 weights in (0, 1): exp, a sum and a division on each side, a few "
+                     "units of 2⁻⁵³"))
+def _row_closest_printed(seed=0, dtype=torch.float64):
+    pi = attention_weights(*_near_far(dtype))
+    return (pi[1] - pi[0]).item()

@@ -9,7 +9,8 @@ label of the book). Its verdict is
 
 * ``"holds"`` — the check confirms it;
 * ``"differs"`` — the check shows SD-1.5 doing otherwise (``reason``: what it does);
-* ``"not checkable"`` — motivation, history, pedagogy or a plan (``reason``: why);
+* ``"not checkable"`` — motivation, history, pedagogy, a plan or a bibliographic pointer
+  (``reason``: why);
 * ``"needs row"`` — checkable, but nothing checks it yet (``reason``: the check to add).
 
 A "holds" claim may carry a ``reason`` too: a qualification of what was checked. The
@@ -77,6 +78,17 @@ SOFT = "(34)–(35) Proposition 6.1, per-query weighted sum"
 LOOKUP = "Ex. 6.1 / Rem. 6.3 dictionary lookup"
 HARD = "(51) hard-dictionary limit, k_{m*} = c q with c > 0"
 IMAGE_SIZE = "(95)–(96) image size H = 2^{L_d − 1} H_z"
+MEAN_SD = "(7)–(8) MeanEnc, SDEnc: the two halves of SD-1.5's encoder output"
+EPSILON = "(6) SD-1.5's U-Net predicts ε: prediction_type 'epsilon'"
+EQUIVARIANT = "§5.5 the U-Net commutes with shifts by multiples of 8 (circular padding)"
+EQUIVARIANT_PRINTED = "§5.5 every layer translation-equivariant, as printed: any shift"
+NAMES = "§6 function names, corrected: the library's own"
+NAMES_PRINTED = "§6 function names, as printed: each a torch or diffusers name"
+PATHS = "§6 footnotes, corrected: diffusers 0.42.1's files"
+PATHS_PRINTED = "§6 footnotes, as printed: diffusers' file paths"
+TORCH_MHA = "(31)–(33) torch.nn.MultiheadAttention, with SD-1.5's attn1 and attn2 Θ"
+INNER = "(35) π(q) weighs keys by inner product ⟨q, k_m⟩, not by distance"
+CLOSEST = "(34)–(35) soft dictionary weighs the closest key most, as printed (Ex. 6.1)"
 
 CLAIMS = (
     # --- §1 introduction --------------------------------------------------------------
@@ -123,10 +135,10 @@ CLAIMS = (
           rows=("(12) regularisation term = 2·KL",
                 "(12) regularisation term = 2 × SD's VAE KL")),
     Claim("3.2", "The encoder's standard deviation σ is positive in every component.",
-          verdict="needs row",
-          reason="diffusers' DiagonalGaussianDistribution of SD-1.5's encoder: std = "
-          "exp(½·clamp(logvar, −30, 20)) > 0 in every component, on moments of "
-          "either sign (the rows being added for (7)–(9) may cover it)"),
+          rows=(MEAN_SD,),
+          reason="SD-1.5 reads σ = exp(½·clamp(log σ², −30, 20)) off the encoder's "
+          "moments: positive and finite for log σ² from −2000 to 2000 (without the "
+          "clamp σ underflows to 0 below log σ² ≈ −1490 in float64)"),
     Claim("3.2", "Every term of the VAE objective (12) is independent of the "
           "architecture.",
           chapter="ch-freedom"),
@@ -197,9 +209,11 @@ CLAIMS = (
           "which shows where the implementation departs from the paper.",
           chapter="ch-architecture"),
     Claim("5.2", "torchview lives at github.com/mert-kurttutan/torchview.",
-          verdict="needs row",
-          reason="compare the footnote's address with the Project-URL of the "
-          "installed torchview's metadata (importlib.metadata)"),
+          verdict="not checkable",
+          reason="bibliographic: a web address, offline here. Checked by hand: the "
+          "installed torchview 0.2.7 names it as its homepage and repository "
+          "(importlib.metadata, Project-URL). A ledger row would only compare two "
+          "strings and would check no definition of the lecture"),
     Claim("5.3", "Figure 1 shows SD-1.5's conditional U-Net with its downsampling, "
           "bottleneck, upsampling, skip connections and cross-attention.",
           chapter="ch-architecture"),
@@ -220,11 +234,11 @@ CLAIMS = (
           rows=(UNET,),
           chapter="arch-remark-5-1"),
     Claim("5.3", "The U-Net predicts the noise (or v).",
-          verdict="needs row",
-          reason="SD-1.5's scheduler config has no prediction_type, so diffusers' "
-          "DDIM and PNDM schedulers resolve it to 'epsilon': read it off "
-          "DDIMScheduler.from_config(SCHEDULER_CONFIG) and check that "
-          "text_to_image's x̂₀ treats the U-Net's output as ε (SD-1.5 is ε, not v)"),
+          rows=(EPSILON,),
+          reason="SD-1.5 predicts ε: its scheduler config has no prediction_type, "
+          "so diffusers' DDIM and PNDM schedulers resolve it to 'epsilon', and "
+          "DDIM's x̂₀ and step read the output as ε̂. v-prediction is another "
+          "model family's (SD 2.x at 768 pixels), not SD-1.5's"),
     Claim("5.3", "SD's U-Net adds a time encoder and cross-attention layers to the "
           "2015 U-Net.",
           rows=("(29) TimestepEmbedding MLP",
@@ -256,12 +270,14 @@ CLAIMS = (
           chapter="vs-confirmed"),
     Claim("5.5", "Every such layer is convolutional, i.e. equivariant to "
           "translations of H × W.",
-          verdict="needs row",
-          reason="on SD-1.5's U-Net at narrow widths with circular padding, compare "
-          "UNet(roll(z, s)) with roll(UNet(z), s): expected equal for s = 8, not for "
-          "s = 1, 2, 4 (the stride-2 downsamplers); with SD-1.5's zero padding only "
-          "away from the borders. GroupNorm and attention are global, not "
-          "convolutions"),
+          rows=(EQUIVARIANT, EQUIVARIANT_PRINTED),
+          verdict="differs",
+          reason="with circular padding SD-1.5's U-Net (at narrow widths) commutes "
+          "with shifts by multiples of 2³ = 8 only: its stride-2 downsamplers break "
+          "the others (s = 1, 2, 4: off by 0.2 down to 0.002 of the output's largest "
+          "value); SD-1.5 pads with "
+          "zeros, which breaks it near the borders too. GroupNorm and attention are "
+          "global, not convolutions"),
     Claim("5.5", "Only H and W vary: the channels at the input and output are fixed.",
           rows=(CONV_STACK,),
           chapter="arch-remark-5-2"),
@@ -277,19 +293,21 @@ CLAIMS = (
           "Transformer2DModel wrapper and the decoder's biased attention, none of "
           "them in §6"),
     Claim("6", "Each function's name is that of the library class or function.",
-          verdict="needs row",
-          reason="look each §6/§8 name up in torch.nn, torch.nn.functional and "
-          "diffusers, and in SD-1.5's module tree: expected absent are "
-          "CrossAttentionMidBlock2D (diffusers: UNetMidBlock2DCrossAttn), "
-          "CrossAttention{Down,Up}Block2D (CrossAttn…), Downsample2DNearest/Average, "
-          "Conv1x1; torch's MultiheadAttention is not what SD-1.5 instantiates"),
+          rows=(NAMES_PRINTED, NAMES),
+          verdict="differs",
+          reason="6 of the 26 names are no library's: CrossAttentionMidBlock2D is "
+          "diffusers' UNetMidBlock2DCrossAttn, CrossAttention{Down,Up}Block2D are "
+          "CrossAttn{Down,Up}Block2D, Downsample2DNearest/Average are F.interpolate "
+          "and F.avg_pool2d, Conv1x1 is a Conv2d with kernel 1; torch's "
+          "MultiheadAttention exists, but SD-1.5 instantiates diffusers' Attention"),
     Claim("6", "Each definition's footnote gives the address of its implementation.",
-          verdict="needs row",
-          reason="check the diffusers paths against the installed diffusers 0.42.1: "
-          "models/embeddings.py and resnet.py exist; unet_2d_condition.py, "
-          "unet_2d_blocks.py (now models/unets/) and autoencoder_kl.py "
-          "(models/autoencoders/) moved; attn_processor.py never existed "
-          "(attention_processor.py)"),
+          rows=(PATHS_PRINTED, PATHS),
+          verdict="differs",
+          reason="in diffusers 0.42.1 models/embeddings.py and resnet.py are where "
+          "stated; unet_2d_condition.py and unet_2d_blocks.py moved to models/unets/, "
+          "autoencoder_kl.py to models/autoencoders/ (its Decoder is in vae.py); "
+          "attn_processor.py is attention_processor.py. The torch addresses are "
+          "documentation pages, not checked offline"),
     Claim("6.1", "The 'convolution' of practice is cross-correlation: it does not "
           "flip the kernel.",
           rows=(FLIP,),
@@ -349,21 +367,20 @@ CLAIMS = (
           rows=("(30) ScaledDotProductAttention",)),
     Claim("6.8", "torch.nn.MultiheadAttention implements Def. 6.14, as diffusers' "
           "attention processors do.",
-          rows=("(31)–(33) MultiheadAttention, SD-1.5 cross-attention",),
-          verdict="needs row",
-          reason="the diffusers half is checked; for torch's class, load an SD-1.5 "
-          "attn2's Θ into nn.MultiheadAttention(C, 8, kdim=768, vdim=768, "
-          "batch_first=True) with zero in-projection biases and compare with "
-          "diffusers' Attention; SD-1.5 never instantiates torch's class"),
+          rows=("(31)–(33) MultiheadAttention, SD-1.5 cross-attention", TORCH_MHA),
+          reason="torch's class computes Def. 6.14 corrected (W_Q, 8 heads, b_O) "
+          "when loaded with SD-1.5's attn1 or attn2 Θ and zero in-projection "
+          "biases; SD-1.5 itself never instantiates it"),
     Claim("6.8.1", "A dictionary returns the value stored under a key: D['dog'] = 2.",
           rows=(LOOKUP,)),
     Claim("6.8.1", "Attention is a soft dictionary: a weighted sum of the values, "
           "weighted towards the keys closest to the query.",
-          rows=(SOFT,),
-          verdict="needs row",
-          reason="the weighted sum is checked; 'closest' is not: with q = (1, 0), k₁ "
-          "= (1, 0), k₂ = (3, 0), (35) and F.scaled_dot_product_attention give k₂, "
-          "the farther key, the larger weight (inner product, not distance)"),
+          rows=(SOFT, CLOSEST, INNER),
+          verdict="differs",
+          reason="the weighted sum holds; 'closest' does not: (35) weighs by inner "
+          "product, and with q = (1, 0), k₁ = (1, 0), k₂ = (3, 0) the farther key k₂ "
+          "gets 0.80 of the weight. Distance and inner product rank keys alike only "
+          "for keys of equal norm"),
     Claim("6.8.1", "π(q) is the first row of the softmax in (30).",
           rows=(SOFT, "(30) ScaledDotProductAttention, as printed"),
           verdict="differs",

@@ -1,4 +1,5 @@
-"""Ledger rows of §4, §6.1–6.7 and §6.11: each layer of sdanatomy.lecture.layers against what SD-1.5 runs.
+"""Ledger rows of §4, §6.1–6.7 and §6.11: each layer of sdanatomy.lecture.layers against what SD-1.5 runs;
+and of §6 itself: the definitions' names and footnoted file paths against the installed libraries.
 
 References are torch's functionals, or the diffusers modules themselves: built by diffusers from
 SD-1.5's own configuration (on the meta device, see :func:`reference`), the one submodule a row
@@ -10,7 +11,12 @@ by at most about 2(n − 1)·u·Σ|terms|, u = 2⁻⁵³ in float64.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import math
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +28,7 @@ from sdanatomy.lecture.layers import (concat, conv1x1, conv2d, conv2d_as_printed
                      downsample_2d_average, downsample_2d_nearest, group_norm,
                      group_norm_literal, interpolate_nearest, linear, rgb_head, silu, softmax,
                      softmax_literal, upsample_2d, EPS_UNET, EPS_VAE)
-from sdanatomy.sd15.reference import meta, narrow_unet, reference
+from sdanatomy.sd15.reference import Timesteps, meta, narrow_unet, reference
 
 EXACT = "indices and copies, no arithmetic: exactly equal"
 REL_SUM = "max |err| / Σ|terms|"
@@ -546,3 +552,210 @@ def _row_rgb_head(seed=0, dtype=torch.float64):
     return _rel(rgb_head(theta, X), ref, S)
 
 
+
+
+# --- §6: the definitions' names and their footnotes' addresses --------------------------------
+#
+# The lecture gives each definition "the library class/function name" and, in a footnote, "the
+# URL of the corresponding implementation". Both are looked up in the installed torch and
+# diffusers (0.42.1) by name, twice: by getattr on the modules that implement SD-1.5, and by
+# reading the installed source files. These are look-ups, not dependencies: sd15.reference has
+# imported every diffusers module named here before any row runs.
+
+PRINTED_NAMES = (                      # Defs. 6.1–6.21 and 8.1–8.3, as printed
+    "Conv2d", "Linear", "SiLU", "Softmax", "GroupNorm", "Downsample2D", "Downsample2DNearest",
+    "Downsample2DAverage", "Interpolate", "Upsample2D", "flatten", "unflatten", "Concat",
+    "TimestepEmbedding", "ScaledDotProductAttention", "MultiheadAttention", "ResnetBlock2D",
+    "DownBlock2D", "UpBlock2D", "CrossAttentionMidBlock2D", "CrossAttentionDownBlock2D",
+    "CrossAttentionUpBlock2D", "Conv1x1", "UNet2DConditionModel", "Decoder", "AutoencoderKL")
+# The library's names for the printed names that it does not have.
+CORRECTED_NAMES = {
+    "Downsample2DNearest": "torch.nn.functional.interpolate",    # scale ½, nearest: row (21)
+    "Downsample2DAverage": "torch.nn.functional.avg_pool2d",     # Downsample2D(use_conv=False)
+    "CrossAttentionMidBlock2D": "diffusers.models.unets.unet_2d_blocks.UNetMidBlock2DCrossAttn",
+    "CrossAttentionDownBlock2D": "diffusers.models.unets.unet_2d_blocks.CrossAttnDownBlock2D",
+    "CrossAttentionUpBlock2D": "diffusers.models.unets.unet_2d_blocks.CrossAttnUpBlock2D",
+    "Conv1x1": "torch.nn.Conv2d",                                # kernel_size=1
+}
+NAMESPACES = ("torch", "torch.nn", "torch.nn.functional", "diffusers.models.embeddings",
+              "diffusers.models.resnet", "diffusers.models.downsampling",
+              "diffusers.models.upsampling", "diffusers.models.attention_processor",
+              "diffusers.models.unets.unet_2d_blocks", "diffusers.models.unets.unet_2d_condition",
+              "diffusers.models.autoencoders.autoencoder_kl", "diffusers.models.autoencoders.vae")
+# The diffusers classes of §6 and §8 that SD-1.5's own module trees instantiate.
+SD15_CLASSES = ("TimestepEmbedding", "ResnetBlock2D", "Downsample2D", "Upsample2D", "DownBlock2D",
+                "UpBlock2D", "UNetMidBlock2DCrossAttn", "CrossAttnDownBlock2D",
+                "CrossAttnUpBlock2D", "UNet2DConditionModel", "Decoder", "AutoencoderKL")
+RENAMED = ("sdanatomy.lecture.layers.downsample_2d_nearest",
+           "sdanatomy.lecture.layers.downsample_2d_average", "sdanatomy.lecture.layers.conv1x1",
+           "sdanatomy.lecture.blocks.mid_block_2d_cross_attn",
+           "sdanatomy.lecture.blocks.cross_attn_down_block_2d",
+           "sdanatomy.lecture.blocks.cross_attn_up_block_2d")
+COUNTS = "names and paths: exact"
+
+
+def _spellings(name: str) -> tuple[str, str]:
+    """A printed name as a class and as a function: ScaledDotProductAttention,
+    scaled_dot_product_attention."""
+    return name, re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def has_name(name: str) -> bool:
+    """getattr: some module of :data:`NAMESPACES` has the name (a qualified name: its module)."""
+    module, _, attr = name.rpartition(".")
+    spaces = (module,) if module else NAMESPACES
+    return any(hasattr(importlib.import_module(m), s) for m in spaces for s in _spellings(attr))
+
+
+def missing_names(names=PRINTED_NAMES) -> list[str]:
+    """The names that no module of :data:`NAMESPACES` has, by getattr."""
+    return [n for n in names if not has_name(n)]
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "").casefold()
+
+
+@functools.lru_cache(maxsize=1)
+def defined_in_source() -> frozenset[str]:
+    """Every top-level class, def and assignment in the installed source of diffusers' models
+    and of torch.nn's modules, torch.nn.functional and torch's C functions (their stubs), read
+    as text; keys without case or underscores."""
+    torch_dir = Path(importlib.util.find_spec("torch").origin).parent
+    diffusers_dir = Path(importlib.util.find_spec("diffusers").origin).parent
+    files = [*sorted((diffusers_dir / "models").rglob("*.py")),
+             *sorted((torch_dir / "nn" / "modules").glob("*.py")),
+             torch_dir / "nn" / "functional.py", torch_dir / "_C" / "_VariableFunctions.pyi"]
+    top = re.compile(r"^(?:class\s+|def\s+)?(\w+)(?=\s*[(:=])", re.M)
+    return frozenset(_key(n) for f in files for n in top.findall(f.read_text()))
+
+
+def _route_names_printed(seed=0, dtype=torch.float64):
+    source = defined_in_source()
+    return missing_names(), [n for n in PRINTED_NAMES if _key(n) not in source]
+
+
+NAMES = "§6 function names, corrected: the library's own"
+
+
+@row(NAMES, section="6",
+     formula=r"\mathrm{UNetMidBlock2DCrossAttn},\ \mathrm{CrossAttn\{Down,Up\}Block2D},\ "
+             r"\mathrm{interpolate},\ \mathrm{avg\_pool2d},\ \mathrm{Conv2d}^{(1,1)}",
+     reference="getattr on torch, torch.nn, torch.nn.functional and the diffusers modules of "
+               "SD-1.5's classes; the class names in SD-1.5's U-Net and VAE module trees "
+               "(meta device)",
+     tol=0, why_tol=COUNTS,
+     error="the corrected names (26) that do not resolve, plus the 12 diffusers classes of §6 "
+           "and §8 absent from SD-1.5's module trees",
+     checks=RENAMED)
+def _row_names(seed=0, dtype=torch.float64):
+    names = [CORRECTED_NAMES.get(n, n) for n in PRINTED_NAMES]
+    trees = {type(m).__name__ for c in ("unet", "vae") for m in meta(c).modules()}
+    return len(missing_names(names)) + sum(c not in trees for c in SD15_CLASSES)
+
+
+@row("§6 function names, as printed: each a torch or diffusers name", section="6",
+     formula=r"\mathrm{CrossAttentionMidBlock2D},\ \mathrm{Downsample2DNearest},\ "
+             r"\mathrm{Conv1x1},\ \dots",
+     reference="getattr on torch, torch.nn, torch.nn.functional and the diffusers modules of "
+               "SD-1.5's classes, as a class or a function (ScaledDotProductAttention: "
+               "scaled_dot_product_attention)",
+     tol=0, why_tol=COUNTS, error=f"printed names (of {len(PRINTED_NAMES)}) found nowhere",
+     verdict="differs", corrected_by=NAMES,
+     note="Six of the 26 names are no library's: CrossAttentionMidBlock2D is diffusers' "
+          "UNetMidBlock2DCrossAttn, CrossAttentionDown/UpBlock2D are CrossAttnDown/UpBlock2D; "
+          "Downsample2DNearest and Downsample2DAverage are F.interpolate (scale ½, nearest) and "
+          "F.avg_pool2d; Conv1x1 is a Conv2d with kernel 1. torch's MultiheadAttention exists, "
+          "but SD-1.5 instantiates diffusers' Attention.",
+     checks=RENAMED,
+     route=Route(_route_names_printed,
+                 how="the top-level class, def and assignment names read from the installed source "
+                     "files of diffusers.models, torch.nn.modules, torch.nn.functional and torch's "
+                     "C-function stubs, up to case and underscores",
+                 atol=0.0, rtol=0.0, why="lists of names: equal"))
+def _row_names_printed(seed=0, dtype=torch.float64):
+    return len(missing_names())
+
+
+# The footnotes' diffusers addresses, under src/diffusers/, and where diffusers 0.42.1 has them.
+FOOTNOTE_PATHS = {
+    "models/embeddings.py": "models/embeddings.py",                     # Def. 6.12
+    "models/unet_2d_condition.py": "models/unets/unet_2d_condition.py",  # Def. 6.12
+    "models/attn_processor.py": "models/attention_processor.py",        # Def. 6.14, (69)–(72)
+    "models/resnet.py": "models/resnet.py",                             # Def. 6.15
+    "models/unet_2d_blocks.py": "models/unets/unet_2d_blocks.py",       # Defs. 6.16–6.20
+    "models/autoencoder_kl.py": "models/autoencoders/autoencoder_kl.py",  # Def. 8.3
+}
+DECODER_PATH = "models/autoencoders/vae.py"     # the Decoder that autoencoder_kl.py imports
+IMPLEMENTED = ("sdanatomy.lecture.embeddings.timestep_embedding",
+               "sdanatomy.lecture.attention.multihead_attention",
+               "sdanatomy.lecture.blocks.resnet_block_2d", "sdanatomy.lecture.blocks.down_block_2d",
+               "sdanatomy.lecture.unet.unet", "sdanatomy.lecture.vae_decoder.vae_decoder")
+
+
+def _module_of(path: str) -> str:
+    return "diffusers." + path.removesuffix(".py").replace("/", ".")
+
+
+def missing_paths(paths) -> list[str]:
+    """The paths under src/diffusers/ that name no module of the installed diffusers (find_spec)."""
+    return [p for p in paths if importlib.util.find_spec(_module_of(p)) is None]
+
+
+def _footnoted_classes() -> dict[str, tuple]:
+    """Each corrected path and the SD-1.5 classes its footnote points to."""
+    unet, vae = meta("unet"), meta("vae")
+    return {
+        "models/embeddings.py": (type(unet.time_embedding), Timesteps),
+        "models/unets/unet_2d_condition.py": (type(unet),),
+        "models/attention_processor.py": (
+            type(unet.mid_block.attentions[0].transformer_blocks[0].attn2),
+            type(unet.mid_block.attentions[0].transformer_blocks[0].attn2.processor)),
+        "models/resnet.py": (type(unet.mid_block.resnets[0]),),
+        "models/unets/unet_2d_blocks.py": tuple({type(b) for b in (*unet.down_blocks,
+                                                                   unet.mid_block,
+                                                                   *unet.up_blocks)}),
+        "models/autoencoders/autoencoder_kl.py": (type(vae),),
+        DECODER_PATH: (type(vae.decoder),),
+    }
+
+
+def _route_paths_printed(seed=0, dtype=torch.float64):
+    root = Path(importlib.util.find_spec("diffusers").origin).parent
+    return missing_paths(FOOTNOTE_PATHS), [p for p in FOOTNOTE_PATHS if not (root / p).is_file()]
+
+
+PATHS = "§6 footnotes, corrected: diffusers 0.42.1's files"
+
+
+@row(PATHS, section="6",
+     formula=r"\texttt{models/unets/unet\_2d\_blocks.py},\ "
+             r"\texttt{models/attention\_processor.py},\ \dots",
+     reference="importlib.util.find_spec in the installed diffusers 0.42.1, and the __module__ of "
+               "the classes SD-1.5's U-Net and VAE instantiate (meta device)",
+     tol=0, why_tol=COUNTS,
+     error="corrected paths (7) that are no module, plus footnoted classes of SD-1.5 defined "
+           "elsewhere",
+     checks=IMPLEMENTED)
+def _row_paths(seed=0, dtype=torch.float64):
+    classes = _footnoted_classes()
+    return len(missing_paths(classes)) + sum(c.__module__ != _module_of(p)
+                                             for p, cs in classes.items() for c in cs)
+
+
+@row("§6 footnotes, as printed: diffusers' file paths", section="6",
+     formula=r"\texttt{models/unet\_2d\_blocks.py},\ \texttt{models/attn\_processor.py},\ \dots",
+     reference="importlib.util.find_spec in the installed diffusers 0.42.1",
+     tol=0, why_tol=COUNTS, error=f"printed paths (of {len(FOOTNOTE_PATHS)}) that are no module",
+     verdict="differs", corrected_by=PATHS,
+     note="embeddings.py and resnet.py are where the footnotes say; unet_2d_condition.py and "
+          "unet_2d_blocks.py moved to models/unets/, autoencoder_kl.py to models/autoencoders/ "
+          "(and the Decoder it 'includes' is defined in models/autoencoders/vae.py); "
+          "attn_processor.py is attention_processor.py.",
+     checks=IMPLEMENTED,
+     route=Route(_route_paths_printed,
+                 how="the same paths as files under the installed diffusers package folder "
+                     "(pathlib), not through the import system",
+                 atol=0.0, rtol=0.0, why="lists of paths: equal"))
+def _row_paths_printed(seed=0, dtype=torch.float64):
+    return len(missing_paths(FOOTNOTE_PATHS))
