@@ -16,6 +16,9 @@ from sdanatomy import ledger
 from sdanatomy.ledger.registry import Result, Table, format_error
 
 
+THETA_U_ROW = "(84) Θ_U = (Θ_in, Θ_TE, Θ↓, Θ^mid, Θ↑, Θ^norm, Θ^out): every parameter in one part"
+
+
 @dataclass(frozen=True)
 class Erratum:
     where: str            # the lecture's equations
@@ -86,6 +89,10 @@ ERRATA = (
     Erratum("(74)–(78)", "one skip per up block", "one skip per residual block, three per up block",
             "as for (60)–(62)", "(74)–(78) CrossAttnUpBlock2D, as printed: one skip", "(74)–(78) CrossAttnUpBlock2D"),
     # --- §8.1 the U-Net --------------------------------------------------------------------
+    Erratum("(84)", "Θ_U = (Θ_TE, Θ↓_1…L, Θ^mid, Θ↑_1…L, Θ^out)",
+            "also conv_in's Θ (4 → 320 channels, 3×3) and the head's GroupNorm (γ, β)",
+            "12,480 of the 859,520,964 parameters belong to no printed part",
+            "(84) Θ_U's parts, as printed: conv_in and conv_norm_out unlisted", THETA_U_ROW),
     Erratum("(85)", "D₀ = Z: the first down block reads the latent",
             "conv_in, a 3×3 convolution from 4 to 320 channels, comes first",
             "(86) cannot run on Z: the first residual block's Θ is for 320 channels",
@@ -161,6 +168,7 @@ KINDS = {
     "(74) CrossAttnUpBlock2D upsamples first, as printed": WIRING,
     "(77) Y*_r = unflatten(Y_r), as printed: attention unused": SLIPS,
     "(74)–(78) CrossAttnUpBlock2D, as printed: one skip": WIRING,
+    "(84) Θ_U's parts, as printed: conv_in and conv_norm_out unlisted": OMITS,
     "(85) D₀ = Z, as printed: no conv_in": OMITS,
     "(86) every level downsamples, as printed": WIRING,
     "(86)–(89) one skip per level, as printed": WIRING,

@@ -259,3 +259,54 @@ def _row_head_printed(seed=0, dtype=torch.float64):
     theta, U0, ref = _head_case(seed, dtype)
     W = theta["conv_out.weight"][:, :, 1:2, 1:2]          # the centre tap (4, 320, 1, 1)
     return _rel(conv1x1({"weight": W, "bias": theta["conv_out.bias"]}, U0), ref)
+
+
+# --- (84): the parts of Θ_U -----------------------------------------------------------------
+PRINTED_PARTS = ("time_embedding.", "down_blocks.", "mid_block.", "up_blocks.", "conv_out.")
+SD15_PARTS = PRINTED_PARTS + ("conv_in.", "conv_norm_out.")
+THETA_U = "(84) Θ_U = (Θ_in, Θ_TE, Θ↓, Θ^mid, Θ↑, Θ^norm, Θ^out): every parameter in one part"
+
+
+def _outside(counts: dict, parts) -> int:
+    """Parameters (numbers) whose key lies in no part, plus those lying in more than one."""
+    return sum(n * abs(sum(k.startswith(p) for p in parts) - 1) for k, n in counts.items())
+
+
+def _module_counts() -> dict:
+    return {k: p.numel() for k, p in meta("unet").named_parameters()}
+
+
+def _config_counts() -> dict:
+    return {k: math.prod(s) for k, s in theta_shapes(UNET_CONFIG).items()}
+
+
+@row(THETA_U, section=SECTION,
+     formula=r"\Theta_U = (\Theta_{in}, \Theta_{TE}, \{\Theta^\downarrow_\ell\}, \Theta^{mid},"
+             r" \{\Theta^\uparrow_\ell\}, \Theta^{norm}, \Theta^{out})",
+     reference="SD-1.5's U-Net (diffusers, meta): every named parameter, by key prefix, and "
+               "the book's Θ table of the config (lecture.unet.theta_shapes)",
+     tol=0, why_tol=COUNT,
+     error="parameters in no part or in two, + the book's Θ table's parameters that differ "
+           "from the module's (of 859,520,964)")
+def _row_theta_parts(seed=0, dtype=torch.float64):
+    module, book = _module_counts(), _config_counts()
+    off = sum(abs(module.get(k, 0) - book.get(k, 0)) for k in module.keys() | book.keys())
+    return float(_outside(module, SD15_PARTS) + off)
+
+
+@row("(84) Θ_U's parts, as printed: conv_in and conv_norm_out unlisted", section=SECTION,
+     formula=r"\Theta_U = (\Theta_{TE}, \{\Theta^\downarrow_\ell\}_{\ell=1}^{L}, \Theta^{mid},"
+             r" \{\Theta^\uparrow_\ell\}_{\ell=1}^{L}, \Theta^{out})",
+     reference="SD-1.5's U-Net (diffusers, meta): every named parameter, by key prefix",
+     tol=0, why_tol=COUNT, error="parameters in no printed part (conv_in 11,840 + GroupNorm 640)",
+     verdict="differs", corrected_by=THETA_U,
+     note="(84) lists the time embedding, the down, mid and up blocks and the head. SD-1.5 also "
+          "has conv_in (4 → 320 channels, 3×3) before the first level and the head's GroupNorm "
+          "(γ, β of 320 channels) before conv_out: 12,480 parameters that no printed part holds.",
+     route=_count_route("the same count from the book's Θ shapes of SD-1.5's config "
+                        "(lecture.unet.theta_shapes), no module built",
+                        lambda seed=0, dtype=torch.float64: (
+                            _row_theta_printed(seed, dtype),
+                            float(_outside(_config_counts(), PRINTED_PARTS)))))
+def _row_theta_printed(seed=0, dtype=torch.float64):
+    return float(_outside(_module_counts(), PRINTED_PARTS))
