@@ -141,3 +141,11 @@ def test_formulas_are_cut_only_between_top_level_pieces():
         for p in math_pieces(e.formula):
             assert not p.endswith("\\"), (e.name, p)
             assert p.count("(") == p.count(")") and p.count("{") == p.count("}"), (e.name, p)
+
+
+def test_every_numbered_equation_has_a_row():
+    # (1)–(96): the lecture's last numbered equation is (96); each has at least one row
+    covered = ledger.coverage()
+    assert sorted(covered) == list(range(1, 97))
+    assert [n for n, rows in covered.items() if not rows] == []
+    assert all(ledger.where(n).rows == rows for n, rows in covered.items())

@@ -192,3 +192,13 @@ def where(equation) -> Where:
         found += [f for f in functions(e) if f not in found]
     chapters = sorted({chapter(e.section) for e in rows})
     return Where(n, tuple(found), tuple(e.name for e in rows), tuple(chapters))
+
+
+LAST_EQUATION = 96   # the lecture numbers its equations (1)–(96)
+
+
+def coverage(last: int = LAST_EQUATION) -> dict[int, tuple[str, ...]]:
+    """Each numbered equation (1)…(last) with the names of the rows that check it (possibly
+    none): the appendix shows that none is left without a row."""
+    names = [(e.name, equations(e.name)) for e in entries()]
+    return {n: tuple(name for name, eqs in names if n in eqs) for n in range(1, last + 1)}
