@@ -53,7 +53,7 @@ def plot_flatten_order(C: int = 2, H: int = 3, W: int = 4) -> Figure:
     X = torch.arange(C * H * W).reshape(C, H, W)
     Y = notation.flatten_literal(X)
     same = torch.equal(Y, X.permute(1, 2, 0).reshape(H * W, C))
-    fig = Figure(figsize=(min(2.2 * C + 3.2, 8.5), 3.8), layout="constrained")
+    fig = Figure(figsize=(min(2.2 * C + 3.0, 7.2), 3.8), layout="constrained")
     axes = fig.subplots(1, C + 1, width_ratios=[W] * C + [max(C, 1.5) * 1.4])
     style = dict(cmap="viridis", vmin=1, vmax=H * W)
     for c, ax in enumerate(axes[:C]):
@@ -71,7 +71,7 @@ def plot_flatten_order(C: int = 2, H: int = 3, W: int = 4) -> Figure:
     for n in range(H * W):
         for c in range(C):
             ax.text(c, n, _cij(int(Y[n, c]), H, W), ha="center", va="center",
-                    color="w" if n + 1 < 0.6 * H * W else "k", fontsize=7)
+                    color="w" if n + 1 < 0.6 * H * W else "k", fontsize=8)
     ax.set_title("Y = flatten(X)\n" + ("= torch's layout ✓" if same else "≠ torch's ✗"),
                  fontsize=9)
     ax.set(xticks=range(C), xticklabels=range(1, C + 1), xlabel="column c",
@@ -79,7 +79,7 @@ def plot_flatten_order(C: int = 2, H: int = 3, W: int = 4) -> Figure:
     right = ax.secondary_yaxis("right")
     right.set(yticks=range(H * W), yticklabels=range(H * W), ylabel="torch row n − 1")
     for a in (ax, right):
-        a.tick_params(labelsize=7)
+        a.tick_params(labelsize=8)
     fig.colorbar(im, ax=list(axes[:C]), location="bottom", shrink=0.8,
                  label=f"token number n = (i − 1)·W + j, from 1 to H·W = {H * W}")
     return fig
@@ -108,7 +108,7 @@ def plot_shape_alphabet(x: torch.Tensor, z: torch.Tensor) -> Figure:
                          f"got {tuple(x.shape)} and {tuple(z.shape)}")
     C = z.shape[1]
     T = notation.flatten(z[0])                                     # (C, H, W) -> (N, C)
-    fig = Figure(figsize=(8.6, 3.4), layout="constrained")
+    fig = Figure(figsize=(7.2, 3.3), layout="constrained")
     left, middle, right = fig.subfigures(1, 3, width_ratios=[1.3, 4.2, 1.1])
     ax = left.subplots()
     im_x = ax.imshow(x[0, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
