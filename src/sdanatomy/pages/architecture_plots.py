@@ -49,7 +49,7 @@ def _bars(ax, rows, module, total: int, title: str) -> None:
     ax.barh(names, counts, color=colours, edgecolor="0.3", linewidth=0.5)
     for y, (n, r) in enumerate(zip(counts, rows[::-1])):
         ax.text(n, y, f" {r.in_module / total:.1%}" if r.in_module else " 0",
-                va="center", fontsize=7)
+                va="center", fontsize=8)
     ax.set_xlim(0, max(counts) * 1.22)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("parameters (millions)")
@@ -64,15 +64,15 @@ def plot_parameters(unet_counts: ParameterCounts,
     unet, vae = meta("unet"), meta("vae")
     dec = decode_path(vae_counts)
     n_dec = sum(r.in_module for r in dec)
-    fig = Figure(figsize=(8.6, 4.4), layout="constrained")
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
     _bars(left, unet_counts.rows, unet, unet_counts.total_module,
-          f"U-Net: {unet_counts.total_module:,} parameters")
-    _bars(right, dec, vae, n_dec, f"VAE decode path: {n_dec:,} parameters")
+          f"U-Net\n{unet_counts.total_module:,} parameters")
+    _bars(right, dec, vae, n_dec, f"VAE decode path\n{n_dec:,} parameters")
     used = sorted({block_width(m) for m in (*unet.down_blocks, *vae.decoder.up_blocks)})
     handles = [Patch(color=WIDTH_COLOURS[w], label=f"C = {w}") for w in used]
     handles.append(Patch(color="0.6", label="no residual block"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+    fig.legend(handles=handles, loc="outside lower center", ncols=4,
                fontsize=8, title="width of the block's residual blocks",
                title_fontsize=8)
     return fig
@@ -119,8 +119,8 @@ def _draw_stages(ax, stages, slot: float) -> None:
         C, H, W = shape
         ax.add_patch(Rectangle((xc - W / 2, -H / 2), W, H, edgecolor="0.2", lw=0.6,
                                facecolor=WIDTH_COLOURS.get(C, "0.75")))
-        ax.text(xc, top / 2 + 4, f"C = {C}", ha="center", va="bottom", fontsize=7)
-        ax.text(xc, -top / 2 - 4, f"{H}×{W}", ha="center", va="top", fontsize=7)
+        ax.text(xc, top / 2 + 4, str(C), ha="center", va="bottom", fontsize=8)
+        ax.text(xc, -top / 2 - 4, f"{H}×{W}", ha="center", va="top", fontsize=8)
 
 
 def plot_unet_sizes(sizes=((64, 64), (96, 64))) -> Figure:
@@ -132,7 +132,7 @@ def plot_unet_sizes(sizes=((64, 64), (96, 64))) -> Figure:
     top = max(s[1] for _, st in runs for _, s in st if s)
     slot = max(s[2] for _, st in runs for _, s in st if s) + 28
     names = [_short(s) for s, _ in runs[0][1]]
-    fig = Figure(figsize=(8.6, 0.5 + 1.2 * len(runs) * (top + 40) / 136),
+    fig = Figure(figsize=(7.2, 0.7 + 0.9 * len(runs) * (top + 40) / 136),
                  layout="constrained")
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     for ax, ((H, W), stages) in zip(axes, runs):
@@ -141,7 +141,7 @@ def plot_unet_sizes(sizes=((64, 64), (96, 64))) -> Figure:
         ax.set_ylim(-top / 2 - 20, top / 2 + 20)
         ax.set_aspect("equal")
         ax.set_yticks([])
-        ax.set_ylabel(f"latent\n4×{H}×{W}", fontsize=8, rotation=0, ha="right",
+        ax.set_ylabel(f"latent\n4×{H}×{W}", fontsize=9, rotation=0, ha="right",
                       va="center")
         ax.set_xticks([k * slot for k in range(len(names))], labels=[])
         ax.tick_params(length=0)
@@ -149,5 +149,7 @@ def plot_unet_sizes(sizes=((64, 64), (96, 64))) -> Figure:
             ax.spines[side].set_visible(False)
     axes[-1].set_xticks([k * slot for k in range(len(names))], labels=names,
                         fontsize=8)
-    axes[-1].set_xlabel("output of …", fontsize=8)
+    axes[-1].set_xlabel("output of …", fontsize=9)
+    fig.suptitle("each map to scale: its channels C above it, H × W below",
+                 fontsize=9)
     return fig
