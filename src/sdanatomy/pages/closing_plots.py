@@ -56,7 +56,7 @@ def plot_causal_mask(enc, prompt: str, n: int = 9) -> Figure:
     ids = tokenizer.tokenize(prompt)                                # (1, 77)
     mask, weights = causal_attention(enc, ids)
     labels = token_labels(ids[0], n)
-    fig = Figure(figsize=(8.4, 4.0), layout="constrained")
+    fig = Figure(figsize=(7.2, 3.9), layout="constrained")
     left, right = fig.subplots(1, 2)
     blocked = (mask[:n, :n] < 0).float()
     left.imshow(blocked.numpy(), cmap="Greys", vmin=0, vmax=1.6)
@@ -109,7 +109,7 @@ def plot_row_changes(Ca, Cb, ids_a, ids_b, n_labels: int = 9) -> Figure:
     m = torch.arange(len(Ca))
     same = torch.ones(len(Ca), dtype=torch.bool)
     same[changed_rows(Ca, Cb)] = False
-    fig = Figure(figsize=(8.4, 3.4), layout="constrained")
+    fig = Figure(figsize=(7.2, 3.4), layout="constrained")
     near, far = fig.subplots(1, 2, sharey=True, width_ratios=[1, 2])
     k = slice(0, n_labels)
     _stems(near, m[k], change[k], same[k])
