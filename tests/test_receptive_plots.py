@@ -53,8 +53,8 @@ def test_figure_draws_both_masks_on_one_input():
         assert np.array_equal(orange, p.pure.mask.numpy())
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         R = down_R(p.L, p.n, 1)
-        assert f"measured {R}, (82) {R}" in labels[0]
-        assert f"measured {pure_R(p.convs)}, (79) {pure_R(p.convs)}" in labels[1]
+        assert f"R = {R}, (82) {R}" in labels[0]
+        assert f"R = {pure_R(p.convs)}, (79) {pure_R(p.convs)}" in labels[1]
 
 
 def test_explore_is_one_panel_and_rejects_an_unknown_downsampler():

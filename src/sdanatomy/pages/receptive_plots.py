@@ -84,7 +84,7 @@ def fields_figure(pairs: Sequence[Pair], *, panel: float = 3.0) -> Figure:
     """One panel per (L, n): the U-Net's field (light blue) with the pure CNN's field
     (orange) drawn over it, on the same input; red cross: the U-Net's output pixel.
     The legend gives each measured R beside (79) and (82)."""
-    fig = Figure(figsize=(panel * len(pairs), panel + 0.8), layout="constrained")
+    fig = Figure(figsize=(panel * len(pairs), panel + 1.0), layout="constrained")
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     for ax, p in zip(axes, pairs):
         rgb = torch.ones(*p.unet.mask.shape, 3)                 # (H, W, 3), white
@@ -92,16 +92,17 @@ def fields_figure(pairs: Sequence[Pair], *, panel: float = 3.0) -> Figure:
         rgb[p.pure.mask] = torch.tensor(PURE)                    # drawn on top
         ax.imshow(rgb.numpy(), interpolation="nearest")
         ax.plot(p.unet.anchor[1], p.unet.anchor[0], "r+", ms=8, mew=1.5)
-        ax.set_title(f"L = {p.L}, n = {p.n}: {p.convs} convs each", fontsize=9)
-        ax.set_xlabel("input column", fontsize=8)
-        ax.set_ylabel("input row", fontsize=8)
-        ax.tick_params(labelsize=7)
-        handles = [Patch(color=UNET, label=f"U-Net, {p.downsample}: measured "
-                                           f"{p.unet.size[1]}, {p.formula} {p.R_unet}"),
-                   Patch(color=PURE, label=f"pure CNN: measured {p.pure.size[1]}, "
+        ax.set_title(f"L = {p.L}, n = {p.n}, {p.downsample}: {p.convs} convs each",
+                     fontsize=10)
+        ax.set_xlabel("input column", fontsize=9)
+        ax.set_ylabel("input row", fontsize=9)
+        ax.tick_params(labelsize=8)
+        handles = [Patch(color=UNET, label=f"down path: R = {p.unet.size[1]}, "
+                                           f"{p.formula} {p.R_unet}"),
+                   Patch(color=PURE, label=f"pure CNN: R = {p.pure.size[1]}, "
                                            f"(79) {p.R_pure}")]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14),
-                  fontsize=7.5, frameon=False, handlelength=1.2)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  fontsize=9, frameon=False, handlelength=1.2)
     return fig
 
 
