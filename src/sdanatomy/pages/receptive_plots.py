@@ -80,7 +80,7 @@ def measure_pairs(cases: Sequence[tuple[int, int]], *, downsample: str = "neares
     return pairs
 
 
-def fields_figure(pairs: Sequence[Pair], *, panel: float = 3.0) -> Figure:
+def fields_figure(pairs: Sequence[Pair], *, panel: float = 2.4) -> Figure:
     """One panel per (L, n): the U-Net's field (light blue) with the pure CNN's field
     (orange) drawn over it, on the same input; red cross: the U-Net's output pixel.
     The legend gives each measured R beside (79) and (82)."""
@@ -92,8 +92,8 @@ def fields_figure(pairs: Sequence[Pair], *, panel: float = 3.0) -> Figure:
         rgb[p.pure.mask] = torch.tensor(PURE)                    # drawn on top
         ax.imshow(rgb.numpy(), interpolation="nearest")
         ax.plot(p.unet.anchor[1], p.unet.anchor[0], "r+", ms=8, mew=1.5)
-        ax.set_title(f"L = {p.L}, n = {p.n}, {p.downsample}: {p.convs} convs each",
-                     fontsize=10)
+        ax.set_title(f"L = {p.L}, n = {p.n}, {p.downsample}\n{p.convs} convs each",
+                     fontsize=9)
         ax.set_xlabel("input column", fontsize=9)
         ax.set_ylabel("input row", fontsize=9)
         ax.tick_params(labelsize=8)
@@ -102,10 +102,10 @@ def fields_figure(pairs: Sequence[Pair], *, panel: float = 3.0) -> Figure:
                    Patch(color=PURE, label=f"pure CNN: R = {p.pure.size[1]}, "
                                            f"(79) {p.R_pure}")]
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  fontsize=9, frameon=False, handlelength=1.2)
+                  fontsize=8.5, frameon=False, handlelength=1.2)
     return fig
 
 
 def explore(L: int = 2, n: int = 2, downsample: str = "nearest") -> Figure:
     """The slider's figure: :func:`fields_figure` for one (L, n), on its own canvas."""
-    return fields_figure(measure_pairs([(L, n)], downsample=downsample), panel=4.2)
+    return fields_figure(measure_pairs([(L, n)], downsample=downsample), panel=4.0)

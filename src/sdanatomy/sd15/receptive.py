@@ -193,7 +193,7 @@ def measure_sd15(unet: nn.Module, latent_shape=(4, 64, 64), outputs=None, *, att
 
 
 def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, measured=None,
-                figsize: tuple[float, float] = (9, 4.2)):
+                figsize: tuple[float, float] = (7.2, 3.9)):
     """R against depth (left) and the depth needed to reach a width W (right), log scales.
 
     Left: R_pure (79) and R_unet (82) for n convs per level, against the number of 3×3 convs on
@@ -215,7 +215,7 @@ def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, m
     a.text(D[-1], W * 1.15, f"W = {W} (SD-1.5 latent)", ha="right", color="gray")
     a.set(yscale="log", xlabel="3×3 convs on the path", ylabel="receptive field R (pixels)",
           title="R grows linearly in a pure CNN,\nexponentially across levels")
-    a.legend(fontsize=8)
+    a.legend(fontsize=7, loc="lower right")
     Ws = [2 ** e for e in range(1, 13)]
     b.plot(Ws, [pure_layers_needed(w) for w in Ws], "k-", label="pure CNN: ⌈(W−1)/2⌉ convs, (80)")
     for n in ns:
@@ -224,7 +224,7 @@ def plot_growth(*, W: int = 64, ns: Sequence[int] = (1, 2, 4), max_L: int = 8, m
     b.axvline(W, color="gray", ls="--")
     b.set(xscale="log", yscale="log", xlabel="image width W", ylabel="3×3 convs needed for R ≥ W",
           title="O(W) against O(log W)")
-    b.legend(fontsize=8)
+    b.legend(fontsize=7)
     return fig
 
 
