@@ -284,7 +284,7 @@ def test_float16_study_shape_and_findings():
 
 def test_rows_registered():
     names = [e.name for e in registry._REGISTRY.values() if e.section in ("6.8", "6.8.1")]
-    assert len(names) == 18 and any(n.startswith("(51)") for n in names)
+    assert len(names) == 21 and any(n.startswith("(51)") for n in names)
     for e in registry._REGISTRY.values():
         if e.section in ("6.8", "6.8.1") and e.verdict == "differs":
             assert registry._REGISTRY[e.corrected_by].verdict == "matches"

@@ -113,20 +113,20 @@ def test_group_norm_figure_shows_the_group_statistics(groups):
     per = 8 // groups
     # float64; means and variances of ≤ 64 numbers of size ≤ 12: ≲ 1e-13 apart in any
     # order of summation: atol=1e-12, rtol=1e-12
-    tol = dict(rtol=1e-12, atol=1e-12)
     for g in range(groups):
         block = X[g * per:(g + 1) * per].numpy().ravel()   # S_g: contiguous channels
         mu, sd = block.mean(), block.std()                 # biased, as (18)
-        assert np.allclose(band(before, g), (mu - sd, mu + sd), **tol)
+        assert np.allclose(band(before, g), (mu - sd, mu + sd), rtol=1e-12, atol=1e-12)
         half = math.sqrt(sd ** 2 / (sd ** 2 + eps))        # σ_g of (19)'s output
-        assert np.allclose(band(after, g), (-half, half), **tol)
+        assert np.allclose(band(after, g), (-half, half), rtol=1e-12, atol=1e-12)
     # the dots on the right are torch's GroupNorm of X, channel by channel
     ref = F.group_norm(X[None], groups, eps=eps)[0]
     dots = [c for c in after.collections if isinstance(c, PathCollection)]
     assert len(dots) == 8
     for c, d in enumerate(dots):
         # float64: ours and torch's normalise in another order, ≲ 1e-14: same tolerances
-        assert np.allclose(d.get_offsets()[:, 1], ref[c].flatten().numpy(), **tol)
+        assert np.allclose(d.get_offsets()[:, 1], ref[c].flatten().numpy(),
+                           rtol=1e-12, atol=1e-12)
 
 
 def test_activation_figure_draws_silu_relu_and_their_derivatives():
