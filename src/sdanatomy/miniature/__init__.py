@@ -112,19 +112,69 @@ def load(folder: Path | str | None = None, *, device="cpu"):
     return model
 
 
-def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: int = 0, keep_every: int = 0):
-    """Images (B, 1, 16, 16) in [−1, 1] for ``prompts``: DDIM in latent space with classifier-free
-    guidance, then the VAE decoder — SD-1.5's text-to-image loop in miniature. With ``keep_every``,
-    also the decoded intermediate states [(t, images), …]."""
-    ids = tokenize(prompts)
+def _guided_eps(model, guidance: float):
+    """ε̃ of classifier-free guidance for the miniature (at w = 1, ε̂ conditioned)."""
     eps_hat = EpsHat(model.unet, model.text_encoder).eval()
-    guided = diffusion.guided(eps_hat, tokenize([""]), guidance) if guidance != 1.0 else eps_hat
+    if guidance == 1.0:
+        return eps_hat
+    return diffusion.guided(eps_hat, tokenize([""]), guidance)
+
+
+def _ddim(eps, ids, *, steps: int, seed: int, keep_every: int = 0):
+    """DDIM in latent space with SD-1.5's settings (steps_offset 1, ᾱ_final = ᾱ_0)."""
     g = torch.Generator().manual_seed(seed)
     shape = (len(ids), 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
     s = schedule()
-    result = diffusion.ddim_sample(guided, shape, ids, schedule=s, num_steps=steps, generator=g,
-                                 final_alpha_bar=s.alpha_bars[0].item(), steps_offset=1,
-                                 keep_every=keep_every)
-    z, kept = result if keep_every else (result, [])
-    decode = lambda latents: decode_latents(model, latents) * 2 - 1     # [0, 1] -> [−1, 1]
-    return (decode(z), [(t, decode(x)) for t, x in kept]) if keep_every else decode(z)
+    return diffusion.ddim_sample(eps, shape, ids, schedule=s, num_steps=steps,
+                                 generator=g, final_alpha_bar=s.alpha_bars[0].item(),
+                                 steps_offset=1, keep_every=keep_every)
+
+
+def _decode(model, latents):
+    return decode_latents(model, latents) * 2 - 1     # [0, 1] -> [−1, 1]
+
+
+def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: int = 0,
+             keep_every: int = 0):
+    """Images (B, 1, 16, 16) in [−1, 1] for ``prompts``: DDIM in latent space with
+    classifier-free guidance, then the VAE decoder — SD-1.5's text-to-image loop in
+    miniature. With ``keep_every``, also the decoded intermediate states
+    [(t, images), …]."""
+    ids = tokenize(prompts)
+    result = _ddim(_guided_eps(model, guidance), ids, steps=steps, seed=seed,
+                   keep_every=keep_every)
+    if keep_every:
+        z, kept = result
+        return _decode(model, z), [(t, _decode(model, x)) for t, x in kept]
+    return _decode(model, result)
+
+
+def trajectory(model, prompts, *, guidance: float = 3.0, steps: int = 50,
+               seed: int = 0):
+    """What :func:`generate` holds and predicts at each DDIM step, for an animation.
+
+    Runs generate's sampler (same noise, same result) and records, at each of the
+    ``steps`` timesteps t, the latent z_t it holds, the guided estimate ε̃ and the clean
+    latent it predicts, x̂_0 = (z_t − √(1−ᾱ_t) ε̃)/√ᾱ_t: the x̂_0 line of
+    ``diffusion.ddim_step``. Returns a dict: ``t`` (S,) timesteps; ``z``, ``eps``,
+    ``x0`` (S, B, 4, 8, 8) latents; ``final`` (B, 4, 8, 8), the sampler's output;
+    ``images`` (S, B, 1, 16, 16), x̂_0 decoded, and ``final_images`` (B, 1, 16, 16),
+    generate's images; both in [−1, 1].
+    """
+    eps_tilde, records = _guided_eps(model, guidance), []
+
+    def observed(z, t, ids):                # ε̃, called once per step by the sampler
+        eps = eps_tilde(z, t, ids)
+        records.append((int(t[0]), z.clone(), eps.clone()))
+        return eps
+
+    final = _ddim(observed, tokenize(prompts), steps=steps, seed=seed)
+    a = schedule().alpha_bars
+    t = torch.tensor([r[0] for r in records])                             # (S,)
+    z = torch.stack([r[1] for r in records])                          # (S, B, 4, h, w)
+    eps = torch.stack([r[2] for r in records])
+    x0 = torch.stack([(z_t - (1 - a[t_]).sqrt().item() * e) / a[t_].sqrt().item()
+                      for t_, z_t, e in records])                        # x̂_0 per step
+    images = _decode(model, x0.flatten(0, 1)).unflatten(0, x0.shape[:2])
+    return dict(t=t, z=z, eps=eps, x0=x0, final=final, images=images,
+                final_images=_decode(model, final))
