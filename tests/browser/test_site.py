@@ -238,8 +238,9 @@ def _animation_state(tab, index):
                         " a.querySelector('input.anim-slider').value]; }", index)
 
 
-@pytest.mark.parametrize("page", ANIMATION_PAGES)
-def test_animations_play(page, browser, server):
+@pytest.mark.parametrize("anim_page", ANIMATION_PAGES)
+def test_animations_play(anim_page, browser, server):
+    page = anim_page
     tab = browser.context.new_page()
     errors = []
     tab.on("pageerror", lambda e: errors.append(str(e)))
