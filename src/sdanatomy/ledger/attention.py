@@ -376,7 +376,7 @@ def torch_multihead_attention(attn) -> torch.nn.MultiheadAttention:
 
 
 @row("(31)–(33) torch.nn.MultiheadAttention, with SD-1.5's attn1 and attn2 Θ", section="6.8",
-     formula=r"\texttt{nn.MultiheadAttention}(X, C, C) = \mathrm{Concat}_{j}(\mathrm{head}_j)"
+     formula=r"\texttt{nn.MultiheadAttention}(X, C, C)\ =\ \mathrm{Concat}_{j}(\mathrm{head}_j)"
              r"\,W_O + b_O",
      reference=MHA_REF + "; nn.MultiheadAttention(320, 8, kdim = vdim = 320 or 768, "
                "batch_first=True) with the same Θ, zero in-projection biases; N = 16, "

@@ -562,4 +562,4 @@ def table() -> Table:
     rows = [[c.section, c.claim, c.checked_by,
              c.verdict + (f": {c.reason}" if c.reason else "")]
             for claims in by_section().values() for c in claims]
-    return Table(title, ["§", "claim", "checked by", "verdict"], rows)
+    return Table(title, ["§", "claim", "checked by", "verdict"], rows, css="claims")

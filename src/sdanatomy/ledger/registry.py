@@ -190,8 +190,10 @@ class Table:
     every check holds (None for a table of facts); ``notes`` are lines printed under it.
     """
 
-    def __init__(self, title: str, header, rows, *, notes=(), html_rows=None, ok: bool | None = None):
+    def __init__(self, title: str, header, rows, *, notes=(), html_rows=None, ok: bool | None = None,
+                 css: str = ""):
         self.title, self.header, self.notes, self.ok = str(title), [str(h) for h in header], list(notes), ok
+        self.css = css          # an extra class of the HTML table (the book's stylesheet may size it)
         self.rows = [[str(c) for c in r] for r in rows]
         if any(len(r) != len(self.header) for r in self.rows):
             raise ValueError(f"every row of {self.title!r} has {len(self.header)} cells")
@@ -230,6 +232,6 @@ class Table:
         body = "".join("<tr>" + "".join(cell(c, num) for c, num in zip(r, numeric)) + "</tr>"
                        for r in self.html_rows)
         notes = "".join(f"<p><small>{html.escape(n)}</small></p>" for n in self.notes)
-        return (f'<div class="ledger sdanatomy-table mathjax_process"><table class="ledger">'
+        return (f'<div class="ledger sdanatomy-table mathjax_process"><table class="{html.escape(("ledger " + self.css).strip())}">'
                 f"<caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
                 f"<tbody>{body}</tbody></table>{notes}</div>")
