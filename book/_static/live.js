@@ -110,13 +110,14 @@
     }
     if (!webAssemblyWorks()) {
       say("This browser cannot run WebAssembly, so the live generator is off; the " +
-          "precomputed result beside it was made by the same models in Python.");
+          "precomputed result below was made by the same models in Python.");
       return;
     }
     if (typeof ort === "undefined")
       throw new Error("onnxruntime-web is missing from this site (_static/live/): " +
                       "build the book with make book, which exports the models.");
     $("live-precomputed").hidden = true;
+    $("live-output").hidden = false;
     ort.env.wasm.numThreads = 1;                 // no SharedArrayBuffer needed
     ort.env.wasm.proxy = false;
     ort.env.wasm.wasmPaths = base;
@@ -187,21 +188,34 @@
       attention();
     }
 
+    function settings() {            // the controls, checked; an Error names the fault
+      const prompt = $("live-prompt").value;
+      tokenize(meta, prompt);
+      const w = Number($("live-w").value), steps = Number($("live-steps").value);
+      const seed = Number($("live-seed").value);
+      if (!Number.isInteger(steps) || steps < 1 || steps > 100)
+        throw new Error(`Steps must be a whole number from 1 to 100; got ` +
+                        `"${$("live-steps").value}".`);
+      if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)
+        throw new Error(`The seed must be a whole number from 0 to 2³² − 1; got ` +
+                        `"${$("live-seed").value}".`);
+      return {prompt, w, steps, seed, noise: null};
+    }
+
     const api = {meta, generate, tokenize: (p) => tokenize(meta, p), last: null};
     window.sdLive = api;
 
     $("live-generate").addEventListener("click", async () => {
-      const prompt = $("live-prompt").value, error = $("live-error");
-      try { tokenize(meta, prompt); } catch (e) {
+      const error = $("live-error"), usePython = $("live-python-noise").checked;
+      let opts;
+      try {
+        opts = settings();
+      } catch (e) {
         error.textContent = e.message; error.hidden = false;   // nothing else changes
         return;
       }
       error.hidden = true;
-      const usePython = $("live-python-noise").checked;
-      const opts = {prompt, w: Number($("live-w").value),
-                    steps: Number($("live-steps").value),
-                    seed: Number($("live-seed").value),
-                    noise: usePython ? meta.test.noise : null};
+      if (usePython) opts.noise = meta.test.noise;
       $("live-generate").disabled = true;
       say("Generating …");
       const rec = await generate(opts);

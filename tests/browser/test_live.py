@@ -153,5 +153,17 @@ def test_an_unknown_word_shows_a_message_and_changes_nothing_else(live):
     assert errors == []
 
 
+def test_bad_steps_show_a_message(live):
+    tab, errors = live
+    tab.fill("#live-prompt", "seven")
+    tab.fill("#live-steps", "0")
+    tab.click("#live-generate")
+    error = tab.locator("#live-error")
+    error.wait_for(state="visible", timeout=5_000)
+    assert "from 1 to 100" in error.inner_text()
+    tab.fill("#live-steps", "50")
+    assert errors == []
+
+
 def test_no_request_leaves_loopback(live, browser):
     assert browser.blocked == []
