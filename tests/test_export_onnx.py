@@ -173,3 +173,16 @@ def test_the_js_loop_in_numpy_reaches_pythons_image(exported):
         z = (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps).astype(np.float32)
     (image,) = sessions["decoder"].run(None, {"z": z[None]})
     close(image.ravel(), np.array(test["final_image"]), atol=LOOP_ATOL, rtol=0)
+
+
+def test_copy_ort_copies_the_wasm_build_only(tmp_path):
+    dist, out = tmp_path / "dist", tmp_path / "out"
+    dist.mkdir()
+    out.mkdir()
+    for name in export_onnx.ORT_FILES + ("ort.webgpu.min.js", "ort.all.min.js"):
+        (dist / name).write_text(name)
+    export_onnx.copy_ort(out, dist)
+    assert sorted(p.name for p in out.iterdir()) == sorted(export_onnx.ORT_FILES)
+    (dist / "ort.wasm.min.js").unlink()
+    with pytest.raises(FileNotFoundError, match="npm ci --prefix web"):
+        export_onnx.copy_ort(out, dist)

@@ -188,30 +188,37 @@ def precomputed_png(meta: dict, path: Path, *, every: int = 5, scale: int = 4) -
                                         Image.NEAREST).save(path)
 
 
-def copy_ort(out: Path) -> None:
-    missing = [f for f in ORT_FILES if not (ORT_DIST / f).is_file()]
+def copy_ort(out: Path, dist: Path = ORT_DIST) -> None:
+    missing = [f for f in ORT_FILES if not (dist / f).is_file()]
     if missing:
         raise FileNotFoundError(f"onnxruntime-web is not installed ({missing} missing "
-                                f"in {ORT_DIST}): run `npm ci --prefix web` first")
+                                f"in {dist}): run `npm ci --prefix web` first")
     for f in ORT_FILES:
-        shutil.copy2(ORT_DIST / f, out / f)
+        shutil.copy2(dist / f, out / f)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sdanatomy.miniature.export_onnx",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
+    parser.add_argument("--ort", type=Path, default=ORT_DIST,
+                        help="onnxruntime-web's dist folder (default: %(default)s)")
     parser.add_argument("--no-ort", action="store_true",
                         help="skip copying onnxruntime-web (the models and data only)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.no_ort:
+        try:
+            copy_ort(args.out, args.ort)
+        except FileNotFoundError as e:
+            parser.error(str(e))
     torch.manual_seed(0)      # the example inputs of the export; the graphs do not vary
     model = miniature.load()
     export_models(args.out, model)
     meta = metadata(model)
-    (args.out / "miniature.json").write_text(json.dumps(meta))
     precomputed_png(meta, args.out / "precomputed.png")
-    if not args.no_ort:
-        copy_ort(args.out)
+    # written last: a make rule can take it as the sign that the export is complete
+    (args.out / "miniature.json").write_text(json.dumps(meta))
     names = ", ".join(sorted(p.name for p in args.out.iterdir()))
     print(f"wrote {names} into {args.out}")
 
