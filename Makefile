@@ -10,8 +10,11 @@ OPEN_CLIP := open_clip_torch==3.3.0
 STAMP := $(VENV)/.installed-stamp
 OFFLINE := SDANATOMY_FORBID_NETWORK=1 HF_HUB_OFFLINE=1
 # Notebooks are executed (make execute) and compared (nbval) with the same number of torch
-# threads: a float32 sum split over another number of threads may round differently.
-NB_THREADS := OMP_NUM_THREADS=2
+# threads: a float32 sum split over another number of threads may round differently. One
+# thread each, because nbval runs two notebooks at a time (pytest-xdist, a notebook per
+# worker): on two cores that is faster than one notebook on two threads, as the tensors of
+# these notebooks are small.
+NB_THREADS := OMP_NUM_THREADS=1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 STATUS := _build/status
@@ -60,7 +63,8 @@ pytest: install
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/pytest tests --ignore=tests/browser -n 2 --dist worksteal
 
 nbval: install
-	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider
+	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider \
+	  -n 2 --dist loadfile --no-loadscope-reorder
 
 book-strict: install
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build . --all -W -n --keep-going

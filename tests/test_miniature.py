@@ -8,6 +8,7 @@ from sdanatomy.miniature import digits
 from sdanatomy import miniature
 from sdanatomy import sd15
 from sdanatomy.miniature import train as mini_train
+from sdanatomy.lecture import diffusion
 
 
 def test_tokenizer_lays_prompts_out_like_clip():
@@ -107,3 +108,21 @@ def test_cross_attention_maps_are_distributions_and_leave_the_model_as_it_was():
     after = {n: type(m.processor) for n, m in model.unet.named_modules() if n.endswith("attn2")}
     assert after == processors and not any("get_attention_scores" in vars(m)
                                             for n, m in model.unet.named_modules() if n.endswith("attn2"))
+
+
+def test_sampling_runs_the_text_encoder_once_with_the_same_numbers():
+    model = miniature.load()
+    calls = []
+    hook = model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        x = miniature.generate(model, ["a handwritten two", "a handwritten five"], steps=5)
+        assert len(calls) == 1                      # once for the run, not once per step
+        # the same sampler with an estimator that encodes the prompts at every step
+        eps_hat = miniature.EpsHat(model.unet, model.text_encoder).eval()
+        eps_tilde = diffusion.guided(eps_hat, miniature.tokenize([""]), 3.0)
+        ids = miniature.tokenize(["a handwritten two", "a handwritten five"])
+        z = miniature._ddim(eps_tilde, ids, steps=5, seed=0)
+        assert len(calls) == 1 + 5
+    finally:
+        hook.remove()
+    torch.testing.assert_close(x, miniature._decode(model, z), atol=0, rtol=0)  # bitwise

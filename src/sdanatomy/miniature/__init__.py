@@ -86,12 +86,21 @@ class EpsHat(torch.nn.Module):
     """ε̂_θ(z, t, c) of the miniature: the text encoder turns token ids c (B, M) into the context
     (B, M, 32) that the U-Net's cross-attention reads — the signature freedom's functions expect."""
 
-    def __init__(self, unet, text_encoder):
+    def __init__(self, unet, text_encoder, *, reuse_context: bool = False):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
+        # A sampler asks for the same prompts at every step: with reuse_context the text
+        # encoder runs once per sampling run (same numbers, fewer forwards). Only for
+        # frozen weights: training changes the encoder between calls.
+        self.reuse_context, self._last = reuse_context, None
 
     def context(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(ids).last_hidden_state          # (B, M) -> (B, M, d_ctx)
+        if self._last is not None and torch.equal(self._last[0], ids):
+            return self._last[1]
+        C = self.text_encoder(ids).last_hidden_state          # (B, M) -> (B, M, d_ctx)
+        if self.reuse_context and not torch.is_grad_enabled():
+            self._last = (ids.clone(), C)
+        return C
 
     def forward(self, z, t, ids):
         return self.unet(z, t, encoder_hidden_states=self.context(ids)).sample
@@ -114,7 +123,7 @@ def load(folder: Path | str | None = None, *, device="cpu"):
 
 def _guided_eps(model, guidance: float):
     """ε̃ of classifier-free guidance for the miniature (at w = 1, ε̂ conditioned)."""
-    eps_hat = EpsHat(model.unet, model.text_encoder).eval()
+    eps_hat = EpsHat(model.unet, model.text_encoder, reuse_context=True).eval()
     if guidance == 1.0:
         return eps_hat
     return diffusion.guided(eps_hat, tokenize([""]), guidance)

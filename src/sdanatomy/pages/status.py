@@ -19,6 +19,7 @@ comparisons never depend on these numbers.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -367,13 +368,19 @@ def notebook_recorder(path: str | None = None):
             if not self.runs:
                 return
             file = Path(path) if path is not None else status_dir() / NOTEBOOKS_FILE
-            notebooks = (_read_file(file) or {}).get("notebooks", {})
-            stamp = now_utc()
-            for name, run in self.runs.items():
-                notebooks[name] = {"seconds": round(run.get("end", run["start"]) - run["start"], 3),
-                                   "peak_rss_bytes": run["peak_rss_bytes"], "cells": run["cells"],
-                                   "failed_cells": run["failed_cells"], "measured_at": stamp}
-            self.written = _write_file(file, {"notebooks": notebooks, "machine": machine()})
+            file.parent.mkdir(parents=True, exist_ok=True)
+            # make test runs the notebooks in two pytest-xdist workers, each merging its own
+            # rows into the one file: the lock keeps one worker from overwriting the other's.
+            with open(file.with_name(f".{file.name}.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                notebooks = (_read_file(file) or {}).get("notebooks", {})
+                stamp = now_utc()
+                for name, run in self.runs.items():
+                    seconds = round(run.get("end", run["start"]) - run["start"], 3)
+                    notebooks[name] = {"seconds": seconds, "cells": run["cells"],
+                                       "peak_rss_bytes": run["peak_rss_bytes"],
+                                       "failed_cells": run["failed_cells"], "measured_at": stamp}
+                self.written = _write_file(file, {"notebooks": notebooks, "machine": machine()})
 
         def pytest_terminal_summary(self, terminalreporter):
             if getattr(self, "written", None) is not None:
