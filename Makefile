@@ -19,9 +19,10 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 STATUS := _build/status
 
-.PHONY: book test install dot chromium pytest nbval book-strict browser bench test-start clean execute lab
+.PHONY: book test install dot node live chromium pytest nbval book-strict browser bench test-start clean \
+  execute lab
 
-book: install
+book: install live
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build .
 	@echo
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
@@ -66,8 +67,33 @@ nbval: install
 	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest $(NBVAL) book -p no:cacheprovider \
 	  -n 2 --dist loadfile --no-loadscope-reorder
 
-book-strict: install
+book-strict: install live
 	$(OFFLINE) $(BIN)/python -m sdanatomy.offline jupyter-book build . --all -W -n --keep-going
+
+# The live page (book/live.md) runs the miniature in the reader's browser: its ONNX models,
+# data and onnxruntime-web's wasm build go to book/_static/live (not in git; the site serves
+# them). npm ci installs onnxruntime-web from the committed lock file; the export runs again
+# when the weights, the exporter or the installed package are newer than its output.
+LIVE := book/_static/live
+MINI_WEIGHTS := $(wildcard src/sdanatomy/miniature/weights/*/*)
+live: install node $(LIVE)/miniature.json
+
+web/node_modules/.package-lock.json: web/package-lock.json web/package.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+
+$(LIVE)/miniature.json: web/node_modules/.package-lock.json $(MINI_WEIGHTS) \
+  src/sdanatomy/miniature/export_onnx.py
+	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m sdanatomy.miniature.export_onnx --out $(LIVE)
+
+node:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "npm (for the live page's onnxruntime-web) is missing: installing Debian's nodejs, npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "The live page needs Node's npm: Debian/Ubuntu: sudo apt-get install nodejs npm"; \
+	    exit 1; \
+	  fi; }
 
 # After book-strict: every page of the built site in headless Chromium (tests/browser), offline;
 # one screenshot per chapter in _build/screenshots.
@@ -119,4 +145,4 @@ chromium:
 	  fi; }
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build .pytest_cache $(LIVE) web/node_modules
