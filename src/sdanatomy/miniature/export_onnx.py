@@ -107,6 +107,15 @@ def _export(module, args, path: Path, inputs, outputs) -> None:
                           output_names=outputs, opset_version=OPSET, dynamo=True,
                           dynamic_shapes={name: {0: batch} for name in inputs},
                           external_data=False, verbose=False)
+    # The exporter notes each node's Python stack trace and module path (a third of the
+    # U-Net's file): debugging aids that the browser would download and never read.
+    import onnx
+
+    graph = onnx.load(str(path))
+    for node in graph.graph.node:
+        node.ClearField("metadata_props")
+        node.ClearField("doc_string")
+    onnx.save(graph, str(path))
 
 
 def export_models(out: Path, model=None) -> None:
