@@ -1,0 +1,152 @@
+"""The miniature lab's page (ch07b): its table and figures, from the stored results.
+
+Nothing here trains: every function reads the JSON that ``python -m
+sdanatomy.miniature.lab`` writes (:func:`load`). A difference from the baseline is
+called one only where the seeds' ranges do not overlap (:func:`verdicts`).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from sdanatomy.ledger.registry import Table
+from sdanatomy.miniature.lab import RESULTS_DIR
+
+TAIL = 10            # the final loss: the mean of the loss curve's last TAIL points
+LABELS = {
+    "baseline": "baseline (SD-1.5's shape)", "no_skip": "(a) no skip connections",
+    "no_self": "(b) no self-attention", "no_cross": "(c) no cross-attention",
+    "no_down": "(d) no downsampling", "film": "(e) printed FiLM after GroupNorm",
+    "head1x1": "(f) printed 1×1 output head", "half": "(g) half width",
+    "double": "(g) double width",
+}
+
+
+def load(path: Path | str | None = None) -> dict:
+    """The lab's results (default: the shipped ``lab_results/results.json``)."""
+    path = Path(path) if path is not None else RESULTS_DIR / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no lab results at {path}: run python -m "
+                                f"sdanatomy.miniature.lab first")
+    results = json.loads(path.read_text())
+    if not results.get("variants"):
+        raise ValueError(f"{path} holds no variant's results")
+    return results
+
+
+def final_loss(run: dict) -> float:
+    """The training loss at the end of a run: its curve's last TAIL points' mean."""
+    tail = run["loss_curve"][-TAIL:]
+    return sum(tail) / len(tail)
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.fmean(values), min(values), max(values)
+
+
+def summary(results: dict) -> dict[str, dict]:
+    """Per variant: parameters, seeds, and (mean, min, max) over seeds of the
+    conditional accuracy, the diversity and the final loss; the receptive fields."""
+    out = {}
+    for name, entry in results["variants"].items():
+        runs = entry["runs"]
+        out[name] = dict(
+            parameters=entry["unet_parameters"], seeds=[r["seed"] for r in runs],
+            accuracy=_spread([r["conditional_accuracy"] for r in runs]),
+            diversity=_spread([r["diversity"] for r in runs]),
+            loss=_spread([final_loss(r) for r in runs]),
+            field=entry["receptive_field"])
+    return out
+
+
+def verdicts(results: dict, measure: str = "loss") -> dict[str, str]:
+    """Each variant against the baseline on ``measure`` (loss, accuracy or diversity):
+    "higher" or "lower" where its range over seeds lies wholly above or below the
+    baseline's, else "within the seed spread"."""
+    s = summary(results)
+    if "baseline" not in s:
+        raise ValueError("the verdicts compare with the baseline, which is not in "
+                         "the results")
+    if measure not in ("loss", "accuracy", "diversity"):
+        raise ValueError(f"measure is loss, accuracy or diversity; got {measure!r}")
+    _, lo, hi = s["baseline"][measure]
+    out = {}
+    for name, row in s.items():
+        _, v_lo, v_hi = row[measure]
+        out[name] = ("higher" if v_lo > hi else "lower" if v_hi < lo
+                     else "within the seed spread")
+    return out
+
+
+def _cell(spread, fmt: str) -> str:
+    mean, lo, hi = spread
+    return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def table(results: dict) -> Table:
+    """The ablation table: mean [min, max] over seeds."""
+    s = summary(results)
+    side = min(next(iter(s.values()))["field"], key=int)    # the latent's own side, "8"
+    rows = [[LABELS.get(n, n), f"{r['parameters']:,}", str(len(r["seeds"])),
+             _cell(r["loss"], ".1f"), _cell(r["accuracy"], ".2f"),
+             _cell(r["diversity"], ".2f"),
+             "×".join(map(str, r["field"][side])),
+             "×".join(map(str, r["field"]["64"]))] for n, r in s.items()]
+    header = ["variant", "U-Net parameters", "seeds", "final loss", "accuracy",
+              "diversity", f"field {side}×{side}", "field 64×64"]
+    steps = results["settings"]["steps"]
+    return Table(f"The miniature lab: {steps} steps a run, mean [min, max] over seeds",
+                 header, rows,
+                 notes=[f"final loss: the mean of the loss curve's last {TAIL} points; "
+                        f"field: attention off, GroupNorm statistics frozen, central "
+                        f"output pixel"])
+
+
+def loss_figure(results: dict, variants=None) -> Figure:
+    """The training-loss curves: the mean over seeds, shaded from the lowest to the
+    highest seed."""
+    names = list(variants or results["variants"])
+    steps = results["settings"]["steps"]
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for k, name in enumerate(names):
+        curves = [r["loss_curve"] for r in results["variants"][name]["runs"]]
+        n = len(curves[0])
+        x = [(i + 0.5) * steps / n for i in range(n)]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+        style = dict(color="black", lw=2.2) if name == "baseline" else dict(
+            color=f"C{k % 10}", lw=1.2)
+        ax.plot(x, mean, label=LABELS.get(name, name), **style)
+        ax.fill_between(x, [min(c[i] for c in curves) for i in range(n)],
+                        [max(c[i] for c in curves) for i in range(n)],
+                        color=style["color"], alpha=0.12, lw=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (6), summed over the latent's 256 numbers")
+    ax.legend(fontsize=8, ncols=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def samples_figure(results: dict, variants=None) -> Figure:
+    """The stored samples of the first seed: one row per variant, two per digit."""
+    import numpy as np
+
+    names = [n for n in (variants or results["variants"])
+             if "samples" in results["variants"][n]]
+    fig = Figure(figsize=(9, 0.55 * len(names) + 0.4), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
+        images = np.asarray(results["variants"][name]["samples"]["images"], dtype=float)
+        strip = np.concatenate(list(images), axis=1)                 # (16, 16·n)
+        ax.imshow(strip, cmap="gray", vmin=0, vmax=255)
+        labels = results["variants"][name]["samples"]["labels"]
+        ax.set_xticks([16 * (i + 0.5) - 0.5 for i in range(len(labels))], labels,
+                      fontsize=6)
+        ax.set_yticks([])
+        ax.set_ylabel(LABELS.get(name, name), rotation=0, ha="right", va="center",
+                      fontsize=8)
+    axes[0].set_title("the prompted digit under each sample", fontsize=8)
+    return fig
