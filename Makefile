@@ -79,10 +79,11 @@ MINI_WEIGHTS := $(wildcard src/sdanatomy/miniature/weights/*/*)
 live: install node $(LIVE)/miniature.json
 
 web/node_modules/.package-lock.json: web/package-lock.json web/package.json
-	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	@# --ignore-scripts: nothing of onnxruntime-web needs an install script
+	npm ci --prefix web --no-audit --no-fund --loglevel=error --ignore-scripts
 
 $(LIVE)/miniature.json: web/node_modules/.package-lock.json $(MINI_WEIGHTS) \
-  src/sdanatomy/miniature/export_onnx.py
+  src/sdanatomy/miniature/export_onnx.py src/sdanatomy/miniature/__init__.py
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m sdanatomy.miniature.export_onnx --out $(LIVE)
 
 node:
