@@ -1,28 +1,40 @@
 """The book's benchmarks, measured in one run on this machine (a report, not a test: it never fails).
 
-    .venv/bin/python bench/run.py [--out _build/status/bench.json] [--runs 3] [--skip-unet]
+    .venv/bin/python bench/run.py [--quick] [--out _build/status/bench.json] [--runs 3]
+                                  [--skip-unet] [--skip-e2e] [--skip-figures]
 
 Prints, and writes as JSON for the status appendix (``sdanatomy.pages.status.bench_table``):
 
-1. the book's ``lecture.unet.unet`` against diffusers' U-Net at a 64×64 latent (bench/unet_speed.py,
-   medians of ``--runs`` interleaved calls);
-2. the time to regenerate every figure of the book (into a temporary folder: book/figures is
-   left as it is);
-3. every notebook's execution time and peak memory, and the total time of the last ``make test``
-   (both recorded by ``make test``; see sdanatomy.status);
-4. one U-Net forward against the machine's floating-point peak: FLOPs counted by
-   ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (on real CPU tensors it misses
-   the flash-attention kernel of ``scaled_dot_product_attention``), the peak measured by a large
-   float32 matmul, utilisation = (FLOPs / time) / peak.
+1. ``peak``: the machine's floating-point peak in float32 and bf16, measured by an AVX-512 FMA
+   kernel compiled at bench time (bench/peak.py; a matmul fallback without a compiler), beside
+   cores × clock × FLOP per cycle. A float32 ``torch.mm`` is not the peak (MKL's slower path on
+   AMD): it is reported beside it, never divided by.
+2. ``unet``: one U-Net forward at a 64×64 latent (batch 1, t = 500, context 1×77×768): diffusers'
+   module and the book's ``lecture.unet.unet`` on the same Θ, each in float32 and in bf16 with
+   channels_last (medians of ``--runs`` interleaved calls); FLOPs counted by
+   ``FlopCounterMode`` on the meta device; utilisation = (FLOPs / time) / the measured peak of
+   the same dtype.
+3. ``profiles``: where one forward's time goes (torch.profiler, self CPU time of each op,
+   grouped into conv, linear/matmul, attention, norm, other), for the four forwards of 2.
+4. ``e2e``: 20 steps at 512² with guidance 7.5, DDIM, architecture-only weights: diffusers'
+   ``StableDiffusionPipeline`` in float32 (as it runs by default) against the book's CPU path
+   (``text_to_image(precision="auto")``), one subprocess each (bench/e2e.py) for its own peak
+   memory; the ratio, against the goal of 2.5×.
+5. ``figures``: the time to regenerate every figure (into a temporary folder).
+6. every notebook's time and peak memory and the last ``make test``'s total (recorded by
+   ``make test``; see sdanatomy.pages.status).
 
-Timings depend on the machine and its load: run it when the machine is otherwise idle.
+``--quick`` (development and tests): short peak runs, a 16×16 latent, 2 steps at 64², no
+figures; its numbers are not the benchmark. Timings depend on the machine and its load: run
+the full bench when the machine is otherwise idle.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +44,16 @@ from pathlib import Path
 import torch
 
 from sdanatomy import sd15
+from sdanatomy.lecture import unet as lecture_unet
 from sdanatomy.pages import diagrams, status
 
 HERE = Path(__file__).resolve().parent
-LATENT, CONTEXT, T = (1, 4, 64, 64), (1, 77, 768), 500
+sys.path.insert(0, str(HERE))
+import peak as peak_mod  # noqa: E402  (bench/peak.py, beside this file)
+
+T, CONTEXT = 500, (1, 77, 768)
+GOAL = 2.5
+GROUPS = ("conv", "linear/matmul", "attention", "norm", "other")
 
 
 def _load() -> list[float] | None:
@@ -56,21 +74,148 @@ def _guard(section: str, fn, *args, **kwargs) -> dict:
         return {"skipped": f"not measured: {type(e).__name__}: {e}"}
 
 
-# ---------------------------------------------------------------- 1. book vs diffusers
-def unet_speed(runs: int) -> dict:
-    script = HERE / "unet_speed.py"
-    if not script.is_file():
-        msg = "skipped: bench/unet_speed.py does not exist (yet)"
-        print(f"[unet] {msg}")
-        return {"skipped": msg}
-    spec = importlib.util.spec_from_file_location("sdanatomy_bench_unet_speed", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    print(f"[unet] bench/unet_speed.py --runs {runs}")
-    return module.main(["--runs", str(runs)])
+# ---------------------------------------------------------------- 1. the peak
+def peak(quick: bool) -> dict:
+    r = peak_mod.measure(threads=torch.get_num_threads(), quick=quick)
+    peak_mod.report(r)
+    return r
 
 
-# ---------------------------------------------------------------- 2. the figures
+# ---------------------------------------------------------------- 2. U-Net forwards
+def unet_flops(latent: int) -> float:
+    """FLOPs of one SD-1.5 U-Net forward (batch 1, latent×latent), counted on the meta device
+    (on real CPU tensors FlopCounterMode misses the flash-attention kernel of SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = sd15.build_unet(weights="meta")
+    z, c = torch.empty(1, 4, latent, latent, device="meta"), torch.empty(CONTEXT, device="meta")
+    t = torch.full((1,), T, dtype=torch.long, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(z, t, encoder_hidden_states=c)
+    return float(counter.get_total_flops())
+
+
+def forwards(latent: int) -> dict:
+    """The four forwards of section 2 as closures: diffusers and the book, float32 and bf16
+    (channels_last), on one seeded Θ (the bf16 module is a copy)."""
+    import copy
+
+    unet = sd15.build_unet(weights="random", seed=0, device="cpu", dtype=torch.float32).eval()
+    unet_bf16 = torch.nn.Module.to(copy.deepcopy(unet), torch.bfloat16)   # torch's .to: no warning
+    unet_bf16.to(memory_format=torch.channels_last)
+    theta, theta_bf16 = dict(unet.state_dict()), dict(unet_bf16.state_dict())
+    config = dict(unet.config)
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(1, 4, latent, latent, generator=g), torch.randn(CONTEXT, generator=g)
+    z_bf16 = z.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    c_bf16, t = c.to(torch.bfloat16), torch.tensor([T])
+    return {
+        "diffusers float32": lambda: unet(z, t, encoder_hidden_states=c).sample,
+        "diffusers bf16": lambda: unet_bf16(z_bf16, t, encoder_hidden_states=c_bf16).sample,
+        "book float32": lambda: lecture_unet.unet(theta, z, t, c, config=config),
+        "book bf16": lambda: lecture_unet.unet(theta_bf16, z_bf16, t, c_bf16, config=config),
+    }
+
+
+def group_of(op: str) -> str:
+    """The group of a profiler op name: conv, linear/matmul, attention, norm or other."""
+    name = op.lower()
+    if "conv" in name:
+        return "conv"
+    if "attention" in name or "softmax" in name:
+        return "attention"
+    if "norm" in name:
+        return "norm"
+    if any(k in name for k in ("addmm", "matmul", "linear", "aten::mm", "bmm", "baddbmm")):
+        return "linear/matmul"
+    return "other"
+
+
+def group_profile(events) -> dict:
+    """Self CPU seconds per group (each op's own time, without its children's: nothing is
+    counted twice) from ``profiler.key_averages()``, with each group's share."""
+    seconds = dict.fromkeys(GROUPS, 0.0)
+    for e in events:
+        seconds[group_of(e.key)] += e.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    return {"seconds": seconds, "total_seconds": total,
+            "share": {k: (v / total if total else 0.0) for k, v in seconds.items()}}
+
+
+def profile(fn) -> dict:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return group_profile(prof.key_averages())
+
+
+def unet(runs: int, latent: int, peaks: dict) -> tuple[dict, dict]:
+    """Section 2 and 3: medians, utilisation against the measured peak, and profiles."""
+    fns = forwards(latent)
+    times = {name: [] for name in fns}
+    with torch.inference_mode():
+        outputs = {name: fn().float() for name, fn in fns.items()}             # warm-up
+        for _ in range(runs):
+            for name, fn in fns.items():                                       # interleaved
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        profiles = {name: profile(fn) for name, fn in fns.items()}
+    flops = unet_flops(latent)
+    result = {"latent": latent, "runs": runs, "gflop_per_forward": flops / 1e9,
+              "inputs": f"batch 1, 4×{latent}×{latent}, t = {T}, context 1×77×768",
+              "threads": torch.get_num_threads(), "forwards": {}}
+    for name, ts in times.items():
+        dtype = "bfloat16" if name.endswith("bf16") else "float32"
+        med = statistics.median(ts)
+        row = {"median_s": med, "times_s": ts, "achieved_gflops": flops / med / 1e9}
+        p = (peaks.get("measured") or {}).get(dtype, {}).get("gflops")
+        if p:
+            row.update(peak_gflops=p, utilisation=flops / med / 1e9 / p)
+        result["forwards"][name] = row
+        print(f"[unet] {name:17}: median {med:6.2f} s, {row['achieved_gflops']:5.0f} GFLOP/s"
+              + (f" = {100 * row['utilisation']:3.0f} % of the measured {dtype} peak" if p else ""))
+    ref = outputs["diffusers float32"]
+    result["max_abs_difference_book_float32"] = (outputs["book float32"] - ref).abs().max().item()
+    result["max_abs_difference_bf16"] = (outputs["diffusers bf16"] - ref).abs().max().item()
+    f = result["forwards"]
+    result["ratio_book_over_diffusers"] = f["book float32"]["median_s"] / f["diffusers float32"]["median_s"]
+    print(f"[unet] book / diffusers (float32): {result['ratio_book_over_diffusers']:.2f}; "
+          f"max|book − diffusers| {result['max_abs_difference_book_float32']:.1e}, "
+          f"max|bf16 − float32| {result['max_abs_difference_bf16']:.1e}")
+    for name, p in profiles.items():
+        print(f"[profile] {name:17}: " + ", ".join(
+            f"{g} {100 * p['share'][g]:.0f} %" for g in GROUPS) + f" of {p['total_seconds']:.2f} s")
+    return result, profiles
+
+
+# ---------------------------------------------------------------- 4. end to end
+def e2e(size: int, steps: int, guidance: float = 7.5) -> dict:
+    """One subprocess per path (bench/e2e.py): its time and its own peak memory."""
+    result = {"size": size, "steps": steps, "guidance": guidance, "scheduler": "ddim",
+              "goal_ratio": GOAL}
+    with tempfile.TemporaryDirectory() as folder:
+        for path in ("diffusers", "book"):
+            out = Path(folder) / f"{path}.json"
+            cmd = [sys.executable, str(HERE / "e2e.py"), path, "--size", str(size),
+                   "--steps", str(steps), "--guidance", str(guidance), "--json", str(out)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            print(done.stdout.strip())
+            if done.returncode:
+                result[path] = {"skipped": f"bench/e2e.py {path} failed: {done.stderr[-2000:]}"}
+                print(result[path]["skipped"])
+                continue
+            result[path] = json.loads(out.read_text())
+    if "seconds" in result.get("diffusers", {}) and "seconds" in result.get("book", {}):
+        result["ratio"] = result["diffusers"]["seconds"] / result["book"]["seconds"]
+        result["goal_met"] = result["ratio"] >= GOAL
+        print(f"[e2e] diffusers float32 / the book's CPU path: {result['ratio']:.2f}× "
+              f"(goal {GOAL}×: {'met' if result['goal_met'] else 'not met'})")
+    return result
+
+
+# ---------------------------------------------------------------- 5. the figures
 def figures() -> dict:
     names, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -84,97 +229,52 @@ def figures() -> dict:
     return {"seconds": seconds, "count": len(names), "names": names}
 
 
-# ---------------------------------------------------------------- 4. FLOPs, forward, peak
-def unet_flops() -> float:
-    """FLOPs of one SD-1.5 U-Net forward (batch 1, 64×64), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    unet = sd15.build_unet(weights="meta")
-    z, c = torch.empty(LATENT, device="meta"), torch.empty(CONTEXT, device="meta")
-    t = torch.full((1,), T, dtype=torch.long, device="meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(z, t, encoder_hidden_states=c)
-    return float(counter.get_total_flops())
-
-
-def matmul_peak(n: int = 4096, runs: int = 5) -> tuple[float, list[float]]:
-    """The machine's float32 peak in FLOP/s: the median of ``runs`` n×n @ n×n products (2n³ FLOPs each)."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    a @ b  # warm-up: threads, caches, pages
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times), times
-
-
-def diffusers_forward(runs: int) -> tuple[float, list[float]]:
-    """Median time of diffusers' U-Net forward, fp32, batch 1, 64×64 (when unet_speed.py did not run)."""
-    unet = sd15.build_unet(weights="random", seed=0, device="cpu", dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    z, c = torch.randn(LATENT, generator=g), torch.randn(CONTEXT, generator=g)
-    t = torch.tensor([T])
-    times = []
-    with torch.inference_mode():
-        unet(z, t, encoder_hidden_states=c)  # warm-up
-        for _ in range(runs):
-            start = time.perf_counter()
-            unet(z, t, encoder_hidden_states=c)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def flops(unet_result: dict, runs: int, matmul_n: int) -> dict:
-    total = unet_flops()
-    print(f"[flops] one U-Net forward: {total / 1e9:.1f} GFLOP (FlopCounterMode, meta device)")
-    peak, mm_times = matmul_peak(matmul_n, runs=max(runs, 5))
-    print(f"[flops] float32 matmul {matmul_n}³: {peak / 1e9:.0f} GFLOP/s (median of {len(mm_times)})")
-    if "diffusers_median_s" in unet_result:
-        forward, source = unet_result["diffusers_median_s"], "bench/unet_speed.py (diffusers)"
-    else:
-        forward, _ = diffusers_forward(runs)
-        source = f"diffusers forward, median of {runs}"
-    achieved = total / forward
-    result = {"gflop_per_forward": total / 1e9, "forward_seconds": forward, "forward_source": source,
-              "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "utilisation": achieved / peak,
-              "matmul_n": matmul_n, "matmul_runs": len(mm_times), "matmul_times_s": mm_times}
-    if "book_median_s" in unet_result:
-        result["book_utilisation"] = total / unet_result["book_median_s"] / peak
-    print(f"[flops] U-Net forward {forward:.2f} s = {achieved / 1e9:.0f} GFLOP/s = "
-          f"{100 * result['utilisation']:.0f} % of the matmul peak")
-    return result
+def limits(result: dict) -> dict | None:
+    """Where the e2e ratio falls short of the goal: the book path's bf16 U-Net profile."""
+    e, p = result.get("e2e") or {}, (result.get("profiles") or {}).get("book bf16")
+    if "ratio" not in e or e["ratio"] >= GOAL or not p or "skipped" in p:
+        return None
+    p = (result.get("profiles") or {}).get("diffusers bf16", p)
+    top = max(GROUPS, key=lambda g: p["seconds"][g])
+    return {"largest_group": top, "share": p["share"][top], "profile": "diffusers bf16",
+            "note": f"the ratio {e['ratio']:.2f}× is short of {GOAL}×; in the bf16 U-Net "
+                    f"forward the largest share of time is {top} ({100 * p['share'][top]:.0f} %)"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few steps (development)")
     parser.add_argument("--out", default=None, help="JSON output (default: _build/status/bench.json)")
-    parser.add_argument("--runs", type=int, default=3, help="timed U-Net calls (median; default 3)")
-    parser.add_argument("--matmul", type=int, default=4096, help="matmul size n for the peak (default 4096)")
-    parser.add_argument("--skip-unet", action="store_true", help="skip the U-Net timings (the slow part)")
+    parser.add_argument("--runs", type=int, default=None, help="timed U-Net calls (median; 3, quick 1)")
+    parser.add_argument("--skip-unet", action="store_true", help="skip sections 2 and 3")
+    parser.add_argument("--skip-e2e", action="store_true", help="skip section 4")
+    parser.add_argument("--skip-figures", action="store_true", help="skip section 5")
     args = parser.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 3)
+    latent, size, steps = (16, 64, 2) if args.quick else (64, 512, 20)
 
     start = time.perf_counter()
     result = {"measured_at": status.now_utc(), "machine": status.machine(), "versions": status.versions(),
-              "load_average_before": _load()}
+              "quick": args.quick, "load_average_before": _load()}
+    result["peak"] = _guard("peak", peak, args.quick)
     if args.skip_unet:
-        result["unet_speed"] = {"skipped": "skipped (--skip-unet)"}
+        result["unet"] = result["profiles"] = {"skipped": "skipped (--skip-unet)"}
     else:
-        result["unet_speed"] = _guard("unet", unet_speed, args.runs)
-    result["figures"] = _guard("figures", figures)
+        got = _guard("unet", unet, runs, latent, result["peak"])
+        result["unet"], result["profiles"] = got if isinstance(got, tuple) else (got, got)
+    result["e2e"] = ({"skipped": "skipped (--skip-e2e)"} if args.skip_e2e
+                     else _guard("e2e", e2e, size, steps))
+    result["e2e_limits"] = limits(result)
+    if args.skip_figures or args.quick:
+        result["figures"] = {"skipped": "skipped (--quick or --skip-figures)"}
+    else:
+        result["figures"] = _guard("figures", figures)
     result["notebooks"] = (status.read(status.NOTEBOOKS_FILE) or {}).get("notebooks", {})
     result["make_test_seconds"] = status.make_test_seconds()
-    if args.skip_unet:
-        result["flops"] = {"skipped": "skipped (--skip-unet)"}
-    else:
-        result["flops"] = _guard("flops", flops, result["unet_speed"], args.runs, args.matmul)
     result["bench_seconds"] = time.perf_counter() - start
     result["load_average_after"] = _load()
 
     out = status._write_file(Path(args.out), result) if args.out else status.write(status.BENCH_FILE, result)
-    print()
-    print(repr(status.notebook_table()))
     print()
     print(repr(status.bench_table(result)))
     print(f"\nbench/run.py took {status.format_seconds(result['bench_seconds'])}; results written to {out}")

@@ -255,33 +255,74 @@ def finish_make_test() -> dict | None:
 
 
 # ---------------------------------------------------------------- the benchmark's results
+def _bench_peak_rows(pk: dict) -> list[list[str]]:
+    """The measured peak (bench/peak.py) beside the theoretical figure, one row per dtype."""
+    if not pk.get("measured"):
+        return [["the machine's peak (FMA kernel)", pk.get("skipped", NOT_MEASURED)]]
+    rows, th = [], (pk.get("theoretical") or {})
+    for dtype in sorted(pk["measured"], key=lambda d: d != "float32"):   # float32, then bf16
+        m = pk["measured"][dtype]
+        t = (th.get("gflops") or {}).get(dtype)
+        theory = (f"; theoretical {t:.0f} = {th['cores']} cores × {th['clock_ghz']:.2f} GHz × "
+                  f"{th['flop_per_cycle'][dtype]} FLOP/cycle" if t else "")
+        rows.append([f"the machine's {dtype} peak (measured)", f"{m['gflops']:.0f} GFLOP/s{theory}"])
+    mm = (pk.get("matmul") or {}).get("float32")
+    if mm:
+        rows.append([f"float32 torch matmul {mm['n']}³ (not the peak)", f"{mm['gflops']:.0f} GFLOP/s"])
+    return rows
+
+
+def _bench_unet_rows(u: dict, profiles: dict) -> list[list[str]]:
+    """One U-Net forward, four ways: time, GFLOP/s, utilisation of the same dtype's peak, and
+    the profiler's split into conv, linear/matmul, attention, norm, other."""
+    if not u.get("forwards"):
+        return [["U-Net forward (diffusers and the book)", u.get("skipped", NOT_MEASURED)]]
+    lat = u["latent"]
+    rows = [[f"U-Net forward, {lat}×{lat} latent: FLOPs", f"{u['gflop_per_forward']:.1f} GFLOP"]]
+    order = ("diffusers float32", "book float32", "diffusers bf16", "book bf16")
+    for name in sorted(u["forwards"], key=lambda n: order.index(n) if n in order else len(order)):
+        f = u["forwards"][name]
+        use = f" = {100 * f['utilisation']:.0f} % of the measured peak" if "utilisation" in f else ""
+        rows.append([f"  {name}", f"{format_seconds(f['median_s'])} (median of {u['runs']}): "
+                                  f"{f['achieved_gflops']:.0f} GFLOP/s{use}"])
+        p = (profiles or {}).get(name) or {}
+        if "share" in p:
+            groups = ("conv", "linear/matmul", "attention", "norm", "other")   # bench/run.py's
+            rows.append(["    where its time goes (profiler, self CPU time)", ", ".join(
+                f"{g} {100 * p['share'][g]:.0f} %" for g in groups if g in p["share"])])
+    return rows
+
+
+def _bench_e2e_rows(e: dict, lim: dict | None) -> list[list[str]]:
+    """End to end: diffusers' float32 pipeline against the book's CPU path, time and memory."""
+    if "diffusers" not in e:
+        return [["end to end, diffusers float32 vs the book's CPU path", e.get("skipped", NOT_MEASURED)]]
+    rows = []
+    for path, label in (("diffusers", "diffusers' pipeline, float32"), ("book", "the book's CPU path")):
+        r = e[path]
+        rows.append([f"{e['steps']} steps at {e['size']}², guidance {e['guidance']}: {label}",
+                     r.get("skipped") or f"{format_seconds(r['seconds'])}, peak memory "
+                                         f"{format_bytes(r['max_rss_bytes'])} ({r['precision']})"])
+    if "ratio" in e:
+        rows.append(["end to end: diffusers / the book", f"{e['ratio']:.2f}× (goal "
+                     f"{e['goal_ratio']}×: {'met' if e['goal_met'] else 'not met'})"])
+    if lim:
+        rows.append(["what limits it", lim["note"]])
+    return rows
+
+
 def bench_table(results: dict | None = None) -> Table:
     """bench/run.py's results (``results``, else its last ``bench.json``), or "not yet measured"."""
     b = results if results is not None else read(BENCH_FILE)
     if b is None:
         return Table("Benchmarks (bench/run.py)", ["measurement", "result"],
                      [["all", NOT_MEASURED]], notes=["run `python bench/run.py` to measure them on this machine"])
-    rows = []
-    u = b.get("unet_speed") or {}
-    if "ratio_book_over_diffusers" in u:
-        rows.append(["U-Net, 64×64 latent: sdanatomy.lecture.unet.unet / diffusers",
-                     f"{u['ratio_book_over_diffusers']:.2f}× (book {u['book_median_s']:.2f} s, diffusers "
-                     f"{u['diffusers_median_s']:.2f} s, medians of {u.get('runs', '?')} runs)"])
-    else:
-        rows.append(["U-Net, 64×64 latent: sdanatomy.lecture.unet.unet / diffusers", u.get("skipped", NOT_MEASURED)])
+    rows = _bench_peak_rows(b.get("peak") or {})
+    rows += _bench_unet_rows(b.get("unet") or {}, b.get("profiles") or {})
+    rows += _bench_e2e_rows(b.get("e2e") or {}, b.get("e2e_limits"))
     f = b.get("figures") or {}
     if "seconds" in f:
         rows.append(["regenerate all figures", f"{format_seconds(f['seconds'])} ({f.get('count', '?')} figures)"])
-    fl = b.get("flops") or {}
-    if "utilisation" in fl:
-        rows.append(["one U-Net forward (diffusers, fp32, batch 1, 64×64)",
-                     f"{format_seconds(fl['forward_seconds'])}: {fl['gflop_per_forward']:.1f} GFLOP at "
-                     f"{fl['achieved_gflops']:.0f} GFLOP/s"])
-        rows.append(["the machine's fp32 peak (matmul "
-                     f"{fl['matmul_n']}³, median of {fl['matmul_runs']})", f"{fl['peak_gflops']:.0f} GFLOP/s"])
-        rows.append(["U-Net forward / peak", f"{100 * fl['utilisation']:.0f} % of the peak"])
-    elif fl.get("skipped"):
-        rows.append(["U-Net forward vs the machine's peak", fl["skipped"]])
     mt = b.get("make_test_seconds")
     rows.append(["make test, total (last completed run)", format_seconds(mt)])
     m = b.get("machine") or {}
@@ -290,6 +331,12 @@ def bench_table(results: dict | None = None) -> Table:
              f"{m.get('torch_threads', '?')} torch threads"
              + (f", load average {load[0]:.1f} at the start" if load else "")
              + "; timings depend on the machine and its load"]
+    if b.get("quick"):
+        notes.append("--quick: small sizes for development, not the benchmark")
+    pk = b.get("peak") or {}
+    if pk.get("method"):
+        notes.append(f"peak: {pk['method']}; FLOP/cycle assumed: "
+                     f"{(pk.get('theoretical') or {}).get('assumption', '?')}")
     return Table("Benchmarks (bench/run.py)", ["measurement", "result"], rows, notes=notes)
 
 
