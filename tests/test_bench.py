@@ -1,0 +1,105 @@
+"""bench/ (#18): the pieces of bench/run.py, bench/peak.py, and bench/gpu.py's CPU dry run.
+Benchmarks report, they never fail: no test here asserts a time."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sdanatomy.pages import status
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"sdanatomy_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _module("run")
+
+
+@pytest.fixture(scope="module")
+def peak():
+    return _module("peak")
+
+
+# ---------------------------------------------------------------- the profiler's groups
+@pytest.mark.parametrize("op, group", [
+    ("aten::mkldnn_convolution", "conv"), ("aten::convolution", "conv"),
+    ("aten::addmm", "linear/matmul"), ("aten::mm", "linear/matmul"), ("aten::bmm", "linear/matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("aten::_softmax", "attention"), ("aten::native_group_norm", "norm"),
+    ("aten::native_layer_norm", "norm"), ("aten::silu", "other"), ("aten::add", "other"),
+])
+def test_profiler_groups(run, op, group):
+    assert run.group_of(op) == group
+
+
+def test_group_profile_sums_self_times(run):
+    events = [SimpleNamespace(key="aten::mkldnn_convolution", self_cpu_time_total=3e6),
+              SimpleNamespace(key="aten::addmm", self_cpu_time_total=1e6),
+              SimpleNamespace(key="aten::conv2d", self_cpu_time_total=0.0),
+              SimpleNamespace(key="aten::add", self_cpu_time_total=1e6)]
+    p = run.group_profile(events)
+    assert p["total_seconds"] == pytest.approx(5.0)
+    assert p["seconds"]["conv"] == pytest.approx(3.0) and p["share"]["conv"] == pytest.approx(0.6)
+    assert p["share"]["attention"] == 0.0 and set(p["seconds"]) == set(run.GROUPS)
+
+
+def test_limits_only_when_the_goal_is_missed(run):
+    prof = {"seconds": dict.fromkeys(run.GROUPS, 1.0) | {"conv": 5.0}}
+    prof["share"] = {k: v / 9 for k, v in prof["seconds"].items()}
+    result = {"e2e": {"ratio": 2.0}, "profiles": {"book bf16": prof, "diffusers bf16": prof}}
+    assert run.limits(result)["largest_group"] == "conv"
+    assert run.limits({**result, "e2e": {"ratio": 2.6}}) is None
+    assert run.limits({"e2e": {"skipped": "x"}}) is None
+
+
+# ---------------------------------------------------------------- the peak
+def test_theoretical_peak_is_cores_clock_flop_per_cycle(peak, monkeypatch):
+    monkeypatch.setattr(peak, "clock_ghz", lambda: 2.5)
+    t = peak.theoretical(2)
+    assert t["gflops"] == {"float32": 2 * 2.5 * 64, "bfloat16": 2 * 2.5 * 128}
+
+
+def test_quick_peak_measures_both_dtypes(peak):
+    r = peak.measure(threads=1, quick=True)
+    assert set(r["measured"]) == {"float32", "bfloat16"}
+    assert all(m["gflops"] > 0 for m in r["measured"].values())
+    assert r["method"].startswith("bench/peak.c") or r["method"].startswith("fallback")
+
+
+def test_bench_table_shows_the_measured_peak_not_the_matmul(peak):
+    pk = peak.measure(threads=1, quick=True)
+    text = repr(status.bench_table({"peak": pk, "make_test_seconds": 1.0}))
+    assert "float32 peak (measured)" in text and "bfloat16 peak (measured)" in text
+    assert "(not the peak)" in text
+
+
+# ---------------------------------------------------------------- the GPU check's dry run
+def test_gpu_dry_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["dry_run"] and r["device"] == "cpu" and r["installed_from_wheels"] == []
+    for dtype in ("float32", "bfloat16"):
+        assert r["ledger"][dtype]["ran"] == r["ledger"][dtype]["ok"] > 0
+    # same weights, same bf16 inputs: the book's U-Net and diffusers' agree to bf16's rounding
+    # of the output (2⁻⁸ relative to its largest value; rtol 0: one scale for the whole map)
+    u = r["unet"]
+    assert u["book_vs_diffusers"] <= 2 ** -8 * u["max_abs_ref"]
+    g = r["text_to_image"]
+    assert {"diffusers_seconds", "book_seconds", "ratio_book_over_diffusers"} <= set(g)
+    assert g["max_abs_pixel_book_vs_diffusers"] <= 2 ** -8           # pixels in [0, 1]
