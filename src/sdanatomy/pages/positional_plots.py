@@ -1,0 +1,48 @@
+"""Chapter 6's figure of the positional miniature: one generated pair and, for each digit
+word of its prompt, that word's cross-attention weight at every latent pixel.
+
+Returns a :class:`matplotlib.figure.Figure` (no pyplot, no global state).
+"""
+from __future__ import annotations
+
+import torch
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+
+def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
+                     *, uniform: float | None = None) -> Figure:
+    """The image (1, H, 2W) and one map (h, 2w) per word, drawn over the image's extent.
+
+    ``maps`` (K, h, w2) are the words' weights π at each latent pixel (one colour scale for
+    all, from 0 to the largest weight; ``uniform``, e.g. 1/M, is marked on the colour bar).
+    A dashed line splits each panel into its left and right halves.
+    """
+    if image.dim() != 3 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, H, W); got {tuple(image.shape)}")
+    if maps.dim() != 3 or len(words) != maps.shape[0]:
+        raise ValueError(f"one (h, w) map per word: {len(words)} words, maps "
+                         f"{tuple(maps.shape)}")
+    H, W = image.shape[1:]
+    extent = (0, W, H, 0)
+    norm = Normalize(vmin=0.0, vmax=float(maps.max()))
+    fig = Figure(figsize=(2.6 * (len(words) + 1) + 0.8, 2.2), layout="constrained")
+    axes = fig.subplots(1, len(words) + 1)
+    axes[0].imshow(image[0].numpy(), cmap="gray_r", vmin=-1, vmax=1, extent=extent)
+    axes[0].set_title("generated image", fontsize=9)
+    for ax, word, m in zip(axes[1:], words, maps):
+        im = ax.imshow(m.numpy(), cmap="magma", norm=norm, extent=extent,
+                       interpolation="nearest")
+        ax.set_title(f"π of “{word}”", fontsize=9)
+    for ax in axes:
+        ax.axvline(W / 2, color="tab:cyan", ls="--", lw=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bar = fig.colorbar(im, ax=axes.tolist(), fraction=0.03, pad=0.02)
+    if uniform is not None:
+        ticks = sorted({0.0, uniform, round(float(maps.max()), 2)})
+        bar.set_ticks(ticks, labels=[f"{t:.2f}" + (" (1/M)" if t == uniform else "")
+                                     for t in ticks])
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label("π", fontsize=9)
+    return fig
