@@ -85,3 +85,15 @@ def test_load_refuses_a_missing_or_empty_file(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"variants": {}}))
     with pytest.raises(ValueError, match="no variant"):
         lp.load(tmp_path / "empty.json")
+
+
+def test_reproduction_compares_with_the_shipped_training(tmp_path):
+    results = fake_results()
+    losses = [100.0] * 20 + [80.0] * 100             # 120 steps -> 12 windows of 10
+    (tmp_path / "t.json").write_text(json.dumps(dict(settings=dict(seed=0),
+                                                     unet_loss=losses + [1.0] * 50)))
+    results["variants"]["baseline"]["runs"][0]["loss_curve"] = [100.0] * 2 + [80.8] * 10
+    assert lp.reproduction(results, tmp_path / "t.json") == pytest.approx(
+        0.01, rel=1e-9, abs=0)                       # 80.8 against 80: float division
+    verdict = repr(lp.verdict_table(results))
+    assert "(a) no skip connections  higher" in verdict

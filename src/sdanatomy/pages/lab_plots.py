@@ -13,7 +13,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from sdanatomy.ledger.registry import Table
-from sdanatomy.miniature.lab import RESULTS_DIR
+from sdanatomy.miniature import WEIGHTS_DIR
+from sdanatomy.miniature.lab import RESULTS_DIR, curve
 
 TAIL = 10            # the final loss: the mean of the loss curve's last TAIL points
 LABELS = {
@@ -79,6 +80,32 @@ def verdicts(results: dict, measure: str = "loss") -> dict[str, str]:
         out[name] = ("higher" if v_lo > hi else "lower" if v_hi < lo
                      else "within the seed spread")
     return out
+
+
+def verdict_table(results: dict) -> Table:
+    """Each variant against the baseline on the three measures (:func:`verdicts`)."""
+    measures = ("loss", "accuracy", "diversity")
+    v = {m: verdicts(results, m) for m in measures}
+    rows = [[LABELS.get(n, n)] + [v[m][n] for m in measures]
+            for n in results["variants"] if n != "baseline"]
+    return Table("Against the baseline: outside its seed range, or within it",
+                 ["variant", "final loss", "accuracy", "diversity"], rows)
+
+
+def reproduction(results: dict, training: Path | str | None = None) -> float:
+    """The largest relative difference between the lab's baseline, first seed, and the
+    shipped model's own training (``weights/training.json``) over the lab's steps: the
+    same initialisation, data and batches, so the same loss curve up to round-off."""
+    path = Path(training) if training is not None else WEIGHTS_DIR / "training.json"
+    shipped = json.loads(path.read_text())
+    run = results["variants"]["baseline"]["runs"][0]
+    if run["seed"] != shipped["settings"]["seed"]:
+        raise ValueError(f"the shipped model was trained with seed "
+                         f"{shipped['settings']['seed']}; the lab's first is "
+                         f"{run['seed']}")
+    ours = run["loss_curve"]
+    theirs = curve(shipped["unet_loss"][:results["settings"]["steps"]], len(ours))
+    return max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
 
 
 def _cell(spread, fmt: str) -> str:
