@@ -48,6 +48,9 @@ def test_a_difference_is_claimed_only_outside_the_seed_spread():
     assert lp.verdicts(fake_results(), "accuracy")["no_skip"] == "within the seed spread"
     with pytest.raises(ValueError, match="measure"):
         lp.verdicts(fake_results(), "speed")
+    one_seed = fake_results()
+    del one_seed["variants"]["no_skip"]["runs"][1]
+    assert lp.verdicts(one_seed)["no_skip"] == "one seed: no verdict"
 
 
 def test_table_prints_mean_and_range():

@@ -66,7 +66,8 @@ def summary(results: dict) -> dict[str, dict]:
 def verdicts(results: dict, measure: str = "loss") -> dict[str, str]:
     """Each variant against the baseline on ``measure`` (loss, accuracy or diversity):
     "higher" or "lower" where its range over seeds lies wholly above or below the
-    baseline's, else "within the seed spread"."""
+    baseline's, else "within the seed spread"; no verdict with fewer than two seeds on
+    either side (one seed has no spread)."""
     s = summary(results)
     if "baseline" not in s:
         raise ValueError("the verdicts compare with the baseline, which is not in "
@@ -77,8 +78,11 @@ def verdicts(results: dict, measure: str = "loss") -> dict[str, str]:
     out = {}
     for name, row in s.items():
         _, v_lo, v_hi = row[measure]
-        out[name] = ("higher" if v_lo > hi else "lower" if v_hi < lo
-                     else "within the seed spread")
+        if min(len(row["seeds"]), len(s["baseline"]["seeds"])) < 2:
+            out[name] = "one seed: no verdict"
+        else:
+            out[name] = ("higher" if v_lo > hi else "lower" if v_hi < lo
+                         else "within the seed spread")
     return out
 
 
@@ -134,26 +138,34 @@ def table(results: dict) -> Table:
 
 def loss_figure(results: dict, variants=None) -> Figure:
     """The training-loss curves: the mean over seeds, shaded from the lowest to the
-    highest seed."""
+    highest seed; on the right, the second half of training enlarged."""
     names = list(variants or results["variants"])
     steps = results["settings"]["steps"]
-    fig = Figure(figsize=(8, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    full, late = fig.subplots(1, 2, width_ratios=(1.2, 1))
+    tail = []
     for k, name in enumerate(names):
         curves = [r["loss_curve"] for r in results["variants"][name]["runs"]]
         n = len(curves[0])
         x = [(i + 0.5) * steps / n for i in range(n)]
         mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+        low = [min(c[i] for c in curves) for i in range(n)]
+        high = [max(c[i] for c in curves) for i in range(n)]
         style = dict(color="black", lw=2.2) if name == "baseline" else dict(
             color=f"C{k % 10}", lw=1.2)
-        ax.plot(x, mean, label=LABELS.get(name, name), **style)
-        ax.fill_between(x, [min(c[i] for c in curves) for i in range(n)],
-                        [max(c[i] for c in curves) for i in range(n)],
-                        color=style["color"], alpha=0.12, lw=0)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss (6), summed over the latent's 256 numbers")
-    ax.legend(fontsize=8, ncols=2)
-    ax.grid(alpha=0.3)
+        half = n // 2
+        for ax, a in ((full, 0), (late, half)):
+            ax.plot(x[a:], mean[a:], label=LABELS.get(name, name), **style)
+            ax.fill_between(x[a:], low[a:], high[a:], color=style["color"], alpha=0.12,
+                            lw=0)
+        tail += low[half:] + high[half:]
+    late.set_ylim(min(tail) - 1, min(max(tail) + 1, 1.3 * min(tail)))
+    for ax, title in ((full, "the whole run"), (late, "the second half, enlarged")):
+        ax.set_xlabel("training step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    full.set_ylabel("loss (6), summed over the latent's 256 numbers")
+    full.legend(fontsize=8)
     return fig
 
 
