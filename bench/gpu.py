@@ -1,30 +1,31 @@
-"""The GPU check (#18): the book on CUDA, ready to run on a machine with an NVIDIA GPU (a report).
+"""The GPU check (#18): the book on CUDA, ready to run on an NVIDIA GPU (a report).
 
     python bench/gpu.py [--json PATH] [--steps 50] [--size 512]
-    python bench/gpu.py --dry-run          # the same code on the CPU at tiny sizes (the tests)
-    python bench/gpu.py --fetch-wheels     # here, before carrying the repository to the GPU
+    python bench/gpu.py --dry-run       # the same code on the CPU, tiny (the tests)
+    python bench/gpu.py --fetch-wheels  # here, before carrying the repository over
 
 On CUDA it runs, in this order:
 
-1. ``ledger``: the ledger's "matches" rows on the GPU (tensors created on it; a row whose
-   reference is pinned to the CPU is listed as not run), in float32 and float16. The ledger's
-   own tolerances are float64's; here a row passes when its error is at most
-   max(tol, 1e-3) in float32 (unit roundoff 2⁻²⁴ ≈ 6e-8, summed over up to 10⁴ terms of O(1))
-   and max(tol, 5e-2) in float16 (2⁻¹¹ ≈ 5e-4, the same sums). Rows that report relative errors
-   (``error`` of the row) are judged the same way. A report: it never fails.
-2. ``unet``: the book's ``lecture.unet.unet`` against diffusers' U-Net at a 64×64 latent in
-   float16, both against diffusers in float32 on the same Θ (seeded, architecture only).
-3. ``text_to_image``: 50 steps at 512² with guidance 7.5, float16, diffusers' U-Net and the
-   book's, after a 2-step warm-up each; times (CUDA-synchronised) and their ratio.
+1. ``ledger``: the ledger's "matches" rows on the GPU (tensors created there; a row
+   whose reference is pinned to the CPU is listed as not run), in float32 and float16.
+   The ledger's own tolerances are float64's; here a row passes when its error is at
+   most max(tol, 1e-3) in float32 (unit roundoff 2⁻²⁴ ≈ 6e-8, over sums of up to 10⁴
+   terms of order 1) and max(tol, 5e-2) in float16 (2⁻¹¹ ≈ 5e-4, the same sums).
+   Rows that report a relative error are judged alike. A report: it never fails.
+2. ``unet``: the book's ``lecture.unet.unet`` against diffusers' U-Net at a 64×64
+   latent in float16, both against diffusers in float32 on the same seeded Θ.
+3. ``text_to_image``: 50 steps at 512² with guidance 7.5 in float16, with diffusers'
+   U-Net and with the book's, each after a 2-step warm-up; CUDA-synchronised times and
+   their ratio.
 
-It needs CUDA torch and transformers; what else it lacks (diffusers, open_clip_torch for CLIP's
-vocabulary, sdanatomy itself) it installs from ``bench/wheels/`` with pip, offline, and says
-which. Fill that folder here with ``--fetch-wheels`` (pip download of the versions installed
-here, and the project's own wheel), then carry it with the repository.
+It needs CUDA torch and transformers. What else it lacks (diffusers, open_clip_torch for
+CLIP's vocabulary, sdanatomy itself) it installs from ``bench/wheels/`` with pip,
+offline, and says which. Fill that folder here with ``--fetch-wheels`` (the versions
+installed here, and the project's own wheel), then carry it with the repository.
 
-``--dry-run``: the same functions on the CPU, tiny modules (SD-1.5's classes at small widths),
-a 64² image in 2 steps, bfloat16 in place of float16 (float16 on a CPU is impractically slow),
-six ledger rows. Its numbers are not the check.
+``--dry-run``: the same functions on the CPU with tiny modules (SD-1.5's classes at
+small widths), a 64² image in 2 steps, bfloat16 in place of float16 (float16 on a CPU is
+impractically slow), six ledger rows. Its numbers are not the check.
 """
 from __future__ import annotations
 
@@ -34,33 +35,37 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WHEELS = HERE / "wheels"
 # (module to import, distribution to install): what a CUDA machine may lack
-NEEDED = (("diffusers", "diffusers"), ("open_clip", "open_clip_torch"), ("sdanatomy", "sdanatomy"))
+NEEDED = (("diffusers", "diffusers"), ("open_clip", "open_clip_torch"),
+          ("sdanatomy", "sdanatomy"))
 TOL = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 5e-2}
 
 
 # ---------------------------------------------------------------- 0. wheels
 def fetch_wheels() -> list[str]:
-    """Here (with network and the project's environment): the wheels NEEDED, at the versions
-    installed here, into bench/wheels/ (git-ignored; carry the folder with the repository)."""
+    """Here (network and the project's environment): the wheels of NEEDED, at the
+    versions installed here, into bench/wheels/ (git-ignored: carry it over)."""
     from importlib import metadata
 
     WHEELS.mkdir(exist_ok=True)
-    pins = [f"{dist}=={metadata.version(dist)}" for _, dist in NEEDED if dist != "sdanatomy"]
+    pins = [f"{d}=={metadata.version(d)}" for _, d in NEEDED if d != "sdanatomy"]
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["download", "--no-deps", "-d", str(WHEELS)] + pins, check=True)
-    subprocess.run(pip + ["wheel", "--no-deps", "-w", str(WHEELS), str(HERE.parent)], check=True)
+    subprocess.run(pip + ["download", "--no-deps", "-d", str(WHEELS)] + pins,
+                   check=True)
+    subprocess.run(pip + ["wheel", "--no-deps", "-w", str(WHEELS), str(HERE.parent)],
+                   check=True)
     names = sorted(p.name for p in WHEELS.glob("*.whl"))
     print("[wheels] in bench/wheels:", *names, sep="\n  ")
     return names
 
 
 def ensure_packages() -> list[str]:
-    """Install what NEEDED lists and this Python lacks, from bench/wheels/ only (no index)."""
+    """Install what NEEDED lists and this Python lacks, from bench/wheels/ only."""
     installed = []
     for module, dist in NEEDED:
         if importlib.util.find_spec(module) is not None:
@@ -69,15 +74,17 @@ def ensure_packages() -> list[str]:
                "--find-links", str(WHEELS), dist]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"{dist} is not installed and not in {WHEELS}: run "
-                               f"`python bench/gpu.py --fetch-wheels` where it is\n{done.stderr}")
+            raise RuntimeError(f"{dist} is neither installed nor in {WHEELS}: run "
+                               "`python bench/gpu.py --fetch-wheels` where it is\n"
+                               + done.stderr)
         importlib.invalidate_caches()
         installed.append(dist)
-    print(f"[packages] installed from bench/wheels: {', '.join(installed) or 'nothing (all present)'}")
+    print("[packages] installed from bench/wheels: "
+          + (", ".join(installed) or "nothing (all present)"))
     return installed
 
 
-# ---------------------------------------------------------------- 1. ledger rows on the device
+# ---------------------------------------------------------------- 1. ledger rows
 def ledger_rows(device, dtypes, limit=None) -> dict:
     import torch
     from torch.overrides import TorchFunctionMode
@@ -88,8 +95,8 @@ def ledger_rows(device, dtypes, limit=None) -> dict:
     constructors = _device_constructors()
 
     class OnDevice(TorchFunctionMode):
-        """Tensors created without a device go to ``device``; seeded draws (a CPU generator)
-        are drawn on the CPU, then moved, so that a row's inputs are the same everywhere."""
+        """Tensors created without a device go to ``device``; seeded draws (a CPU
+        generator) are drawn on the CPU, then moved: a row's inputs are the same."""
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -105,25 +112,27 @@ def ledger_rows(device, dtypes, limit=None) -> dict:
     for dtype in dtypes:
         name, results = str(dtype).removeprefix("torch."), []
         for e in rows:
-            tol = max(e.tol, TOL[str(dtype).removeprefix("torch.")])
+            tol = max(e.tol, TOL[name])
             try:
                 with OnDevice():
                     err = float(e.measure(seed=0, dtype=dtype))
-                results.append({"row": e.name, "error": err, "tol": tol, "ok": err <= tol})
-            except Exception as ex:  # noqa: BLE001 - a report: the row is listed as not run
-                results.append({"row": e.name, "not_run": f"{type(ex).__name__}: {ex}"[:200]})
+                results.append({"row": e.name, "error": err, "tol": tol,
+                                "ok": err <= tol})
+            except Exception as ex:  # noqa: BLE001 - a report: listed as not run
+                why = f"{type(ex).__name__}: {ex}"[:200]
+                results.append({"row": e.name, "not_run": why})
         ran = [r for r in results if "error" in r]
         out[name] = {"rows": results, "ran": len(ran), "ok": sum(r["ok"] for r in ran),
                      "not_run": len(results) - len(ran)}
-        print(f"[ledger] {name}: {out[name]['ok']} of {len(ran)} rows within tolerance on "
-              f"{device}, {out[name]['not_run']} not run there")
+        print(f"[ledger] {name}: {out[name]['ok']} of {len(ran)} rows within tolerance "
+              f"on {device}, {out[name]['not_run']} not run there")
         for r in ran:
             if not r["ok"]:
                 print(f"[ledger]   {r['row']}: error {r['error']:.1e} > {r['tol']:.0e}")
     return out
 
 
-# ---------------------------------------------------------------- 2. the book's U-Net, float16
+# ---------------------------------------------------------------- 2. the U-Net, float16
 def tiny_configs() -> dict:
     """SD-1.5's classes at small widths (the dry run's modules)."""
     from sdanatomy.lecture import config
@@ -133,10 +142,11 @@ def tiny_configs() -> dict:
                   cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-        vae=dict(config.VAE_CONFIG, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-                 norm_num_groups=8, sample_size=64),
-        text_encoder=dict(config.TEXT_ENCODER_CONFIG, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=2, num_attention_heads=4, projection_dim=32))
+        vae=dict(config.VAE_CONFIG, block_out_channels=(8, 16, 16, 16),
+                 layers_per_block=1, norm_num_groups=8, sample_size=64),
+        text_encoder=dict(config.TEXT_ENCODER_CONFIG, hidden_size=32,
+                          intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, projection_dim=32))
 
 
 def unet_check(device, dtype, *, latent, tiny) -> dict:
@@ -145,20 +155,23 @@ def unet_check(device, dtype, *, latent, tiny) -> dict:
     from sdanatomy import sd15
     from sdanatomy.lecture.unet import unet as book_unet
 
-    cfg = tiny_configs()["unet"] if tiny else None
-    module = sd15.build_unet(cfg, seed=0, device="cpu") if tiny else \
-        sd15.build_unet(weights="random", seed=0, device="cpu")
-    module = module.eval()
+    if tiny:
+        module = sd15.build_unet(tiny_configs()["unet"], seed=0, device="cpu")
+    else:
+        module = sd15.build_unet(weights="random", seed=0, device="cpu")
+    module = module.eval().to(device)
     g = torch.Generator().manual_seed(0)
     d_ctx = module.config.cross_attention_dim
-    z, c = torch.randn(1, 4, latent, latent, generator=g), torch.randn(1, 77, d_ctx, generator=g)
-    t = torch.tensor([500])
+    z = torch.randn(1, 4, latent, latent, generator=g).to(device)       # (1, 4, h, w)
+    c = torch.randn(1, 77, d_ctx, generator=g).to(device)               # (1, M, d_ctx)
+    t = torch.tensor([500], device=device)
     with torch.inference_mode():
-        ref = module.to(device)(z.to(device), t.to(device), encoder_hidden_states=c.to(device)).sample
+        ref = module(z, t, encoder_hidden_states=c).sample              # float32
         torch.nn.Module.to(module, dtype=dtype)
-        zz, cc, tt = z.to(device, dtype), c.to(device, dtype), t.to(device)
-        theirs = module(zz, tt, encoder_hidden_states=cc).sample.float()
-        ours = book_unet(dict(module.state_dict()), zz, tt, cc, config=dict(module.config)).float()
+        zz, cc = z.to(dtype), c.to(dtype)
+        theirs = module(zz, t, encoder_hidden_states=cc).sample.float()
+        theta, config = dict(module.state_dict()), dict(module.config)
+        ours = book_unet(theta, zz, t, cc, config=config).float()
     scale = ref.abs().max().item()
     r = {"latent": latent, "dtype": str(dtype).removeprefix("torch."),
          "max_abs_ref": scale,
@@ -172,7 +185,7 @@ def unet_check(device, dtype, *, latent, tiny) -> dict:
     return r
 
 
-# ---------------------------------------------------------------- 3. text to image, both U-Nets
+# ---------------------------------------------------------------- 3. text to image
 def _sync(device):
     import torch
 
@@ -181,8 +194,6 @@ def _sync(device):
 
 
 def generation(device, precision, *, size, steps, tiny) -> dict:
-    import torch
-
     from sdanatomy import sd15
     from sdanatomy.sd15.text_to_image import text_to_image
 
@@ -190,17 +201,21 @@ def generation(device, precision, *, size, steps, tiny) -> dict:
         cfg = tiny_configs()
         sd = sd15.SD15(sd15.build_unet(cfg["unet"], seed=1, device="cpu"),
                        sd15.build_vae(cfg["vae"], seed=2, device="cpu"),
-                       sd15.build_text_encoder(cfg["text_encoder"], seed=3, device="cpu"),
+                       sd15.build_text_encoder(cfg["text_encoder"], seed=3,
+                                               device="cpu"),
                        mode=sd15.ARCHITECTURE, source=None, note="tiny")
     else:
         sd = sd15.load(device="cpu", verbose=False)
     result = {"size": size, "steps": steps, "weights": sd.mode, "device": str(device)}
     images = {}
     for unet in ("diffusers", "book"):
-        run = lambda n: text_to_image(sd, "an astronaut riding a horse", height=size, width=size,
-                                      steps=n, guidance=7.5, seed=0, device=device,
-                                      precision=precision, unet=unet, progress=False)
-        run(2)                                                    # warm-up: kernels, caches
+        def run(n):
+            return text_to_image(sd, "an astronaut riding a horse", height=size,
+                                 width=size, steps=n, guidance=7.5, seed=0,
+                                 device=device, precision=precision, unet=unet,
+                                 progress=False)
+
+        run(2)                                                   # warm-up: kernels
         _sync(device)
         start = time.perf_counter()
         gen = run(steps)
@@ -208,18 +223,17 @@ def generation(device, precision, *, size, steps, tiny) -> dict:
         result[f"{unet}_seconds"] = time.perf_counter() - start
         result["precision"] = gen.settings["why_precision"]
         images[unet] = gen.images
-    result["ratio_book_over_diffusers"] = result["book_seconds"] / result["diffusers_seconds"]
-    result["max_abs_pixel_book_vs_diffusers"] = (images["book"] - images["diffusers"]).abs().max().item()
-    print(f"[text_to_image] {steps} steps at {size}², {result['precision']}: diffusers' U-Net "
-          f"{result['diffusers_seconds']:.2f} s, the book's {result['book_seconds']:.2f} s "
-          f"(ratio {result['ratio_book_over_diffusers']:.2f}); max|Δpixel| "
-          f"{result['max_abs_pixel_book_vs_diffusers']:.1e}")
+    ratio = result["book_seconds"] / result["diffusers_seconds"]
+    result["ratio_book_over_diffusers"] = ratio
+    gap = (images["book"] - images["diffusers"]).abs().max().item()
+    result["max_abs_pixel_book_vs_diffusers"] = gap
+    print(f"[text_to_image] {steps} steps at {size}², {result['precision']}: "
+          f"diffusers' U-Net {result['diffusers_seconds']:.2f} s, the book's "
+          f"{result['book_seconds']:.2f} s (ratio {ratio:.2f}); max|Δpixel| {gap:.1e}")
     return result
 
 
 def _guard(name, fn, *args, **kwargs):
-    import traceback
-
     try:
         return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - a report, whatever went wrong
@@ -230,8 +244,9 @@ def _guard(name, fn, *args, **kwargs):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (the tests)")
-    parser.add_argument("--fetch-wheels", action="store_true", help="fill bench/wheels/ (here)")
+    parser.add_argument("--dry-run", action="store_true", help="the CPU, tiny sizes")
+    parser.add_argument("--fetch-wheels", action="store_true",
+                        help="fill bench/wheels/ (here, with network)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--json", metavar="PATH")
@@ -239,7 +254,7 @@ def main(argv=None) -> dict:
     if args.fetch_wheels:
         return {"wheels": fetch_wheels()}
     if importlib.util.find_spec("sdanatomy") is None and (HERE.parent / "src").is_dir():
-        sys.path.insert(0, str(HERE.parent / "src"))          # run from the repository
+        sys.path.insert(0, str(HERE.parent / "src"))      # run from the repository
     result = {"installed_from_wheels": ensure_packages()}
     import torch
 
@@ -247,13 +262,14 @@ def main(argv=None) -> dict:
         parser.error("no CUDA device: run with --dry-run for the CPU rehearsal")
     device = torch.device("cpu" if args.dry_run else "cuda")
     half = torch.bfloat16 if args.dry_run else torch.float16
+    gpu = None if args.dry_run else torch.cuda.get_device_name()
     result.update(device=str(device), dry_run=args.dry_run, torch=torch.__version__,
-                  gpu=None if args.dry_run else torch.cuda.get_device_name())
-    print(f"[gpu] {'dry run on the CPU' if args.dry_run else result['gpu']}, torch {torch.__version__}")
+                  gpu=gpu)
+    print(f"[gpu] {gpu or 'dry run on the CPU'}, torch {torch.__version__}")
     result["ledger"] = _guard("ledger", ledger_rows, device, (torch.float32, half),
                               limit=6 if args.dry_run else None)
-    result["unet"] = _guard("unet", unet_check, device, half, latent=8 if args.dry_run else 64,
-                            tiny=args.dry_run)
+    result["unet"] = _guard("unet", unet_check, device, half,
+                            latent=8 if args.dry_run else 64, tiny=args.dry_run)
     size, steps = (64, 2) if args.dry_run else (args.size, args.steps)
     result["text_to_image"] = _guard("text_to_image", generation, device,
                                      "bfloat16" if args.dry_run else "float16",

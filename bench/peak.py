@@ -1,18 +1,18 @@
-"""The machine's floating-point peak, measured, beside the theoretical figure (a report).
+"""The machine's floating-point peak, measured, beside the theoretical one (a report).
 
     python bench/peak.py [--quick] [--threads N]
 
-The peak is what a compute-bound kernel reaches: ``bench/peak.c`` (independent AVX-512 FMA
-chains in registers, float32 ``vfmadd231ps`` and bf16 ``vdpbf16ps``), compiled with the
-system's C compiler at bench time and run on every core (one thread each). Without a compiler,
-or on a CPU without AVX-512, it falls back to the best of oneDNN's large matmuls through torch,
-and says so. A large float32 ``torch.mm`` is *not* the peak: on an AMD CPU it runs MKL's slower
-path (about a third of the FMA limit here).
+The peak is what a compute-bound kernel reaches: ``bench/peak.c`` (independent AVX-512
+FMA chains in registers, float32 ``vfmadd231ps`` and bf16 ``vdpbf16ps``), compiled with
+the system's C compiler at bench time and run on every core (one thread each). Without a
+compiler, or on a CPU without AVX-512 BF16, it falls back to the best of torch's large
+matmuls (oneDNN for bf16), and says so. A large float32 ``torch.mm`` is *not* the peak:
+on an AMD CPU it runs MKL's slower path (about a third of the FMA limit here).
 
-The theoretical figure is cores × clock × FLOP per cycle. The clock is the one /proc/cpuinfo
-reports (under a hypervisor the nominal one: a boosting core can exceed it). FLOP per cycle per
-core assumes Zen 5's two 512-bit FMA pipes: float32 2 × 16 lanes × 2 (multiply, add) = 64;
-bf16 ``vdpbf16ps`` does two products per float32 lane, 128.
+The theoretical figure is cores × clock × FLOP per cycle. The clock is the one
+/proc/cpuinfo reports (under a hypervisor the nominal one: a boosting core exceeds it).
+FLOP per cycle per core assumes Zen 5's two 512-bit FMA pipes: float32 2 × 16 lanes × 2
+(multiply, add) = 64; bf16 ``vdpbf16ps`` does two products per float32 lane, 128.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "peak.c"
-FLOP_PER_CYCLE = {"float32": 64, "bfloat16": 128}   # per core: two 512-bit FMA pipes (Zen 5)
-ASSUMPTION = ("two 512-bit FMA pipes per core (Zen 5): float32 2 × 16 lanes × 2 = 64 FLOP per "
-              "cycle, bf16 (vdpbf16ps, two products per lane) 128")
+FLOP_PER_CYCLE = {"float32": 64, "bfloat16": 128}   # per core: two 512-bit FMA pipes
+ASSUMPTION = ("two 512-bit FMA pipes per core (Zen 5): float32 2 × 16 lanes × 2 = 64 "
+              "FLOP per cycle, bf16 (vdpbf16ps, two products per lane) 128")
 
 
 def cpu_flags() -> set[str]:
@@ -67,12 +67,13 @@ def theoretical(cores: int) -> dict:
 
 
 def compile_kernel(folder: str) -> Path | None:
-    """bench/peak.c compiled with cc (or gcc) into ``folder``; None without a compiler."""
+    """bench/peak.c compiled with cc (or gcc) into ``folder``; None without one."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
     exe = Path(folder) / "peak"
-    cmd = [cc, "-O2", "-mavx512f", "-mavx512bf16", "-pthread", str(SOURCE), "-o", str(exe)]
+    cmd = [cc, "-O2", "-mavx512f", "-mavx512bf16", "-pthread", str(SOURCE),
+           "-o", str(exe)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         print(f"[peak] {' '.join(cmd)} failed:\n{done.stderr.strip()}")
@@ -81,14 +82,14 @@ def compile_kernel(folder: str) -> Path | None:
 
 
 def _kernel_run(exe: Path, kind: str, threads: int, iters: int) -> float:
-    line = subprocess.run([str(exe), kind, str(threads), str(iters)], capture_output=True,
-                          text=True, check=True).stdout.split()
+    line = subprocess.run([str(exe), kind, str(threads), str(iters)],
+                          capture_output=True, text=True, check=True).stdout.split()
     return float(line[3]) * 1e9
 
 
 def kernel_peak(exe: Path, threads: int, seconds: float, repeats: int) -> dict:
-    """GFLOP/s of the FMA kernel, float32 and bf16: the best of ``repeats`` runs of about
-    ``seconds`` each (the best, not the median: the peak is what the machine *can* do)."""
+    """GFLOP/s of the FMA kernel, float32 and bf16: the best of ``repeats`` runs of
+    about ``seconds`` each (the best, not the median: the peak is what it *can* do)."""
     out = {}
     for dtype, kind in (("float32", "f32"), ("bfloat16", "bf16")):
         probe = _kernel_run(exe, kind, threads, 100_000)                  # calibrate
@@ -101,7 +102,8 @@ def kernel_peak(exe: Path, threads: int, seconds: float, repeats: int) -> dict:
 
 
 def matmul_peak(n: int, repeats: int) -> dict:
-    """GFLOP/s of n×n @ n×n through torch (oneDNN for bf16, MKL for float32): best of ``repeats``."""
+    """GFLOP/s of n×n @ n×n through torch (oneDNN for bf16, MKL for float32): the best
+    of ``repeats``."""
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         g = torch.Generator().manual_seed(0)
@@ -120,22 +122,24 @@ def matmul_peak(n: int, repeats: int) -> dict:
 
 
 def measure(*, threads: int | None = None, quick: bool = False) -> dict:
-    """The measured peak (kernel or matmul fallback), the torch matmuls, the theoretical figure."""
+    """The measured peak (kernel, or matmul fallback), torch's matmuls, the theory."""
     threads = threads or os.cpu_count() or 1
     result = {"threads": threads, "theoretical": theoretical(threads)}
     flags = cpu_flags()
     with tempfile.TemporaryDirectory() as folder:
         exe = compile_kernel(folder) if {"avx512f", "avx512_bf16"} <= flags else None
         if exe is not None:
-            result["method"] = "bench/peak.c: AVX-512 FMA chains in registers (cc, one thread per core)"
+            result["method"] = ("bench/peak.c: AVX-512 FMA chains in registers (cc, "
+                                "one thread per core)")
             result["measured"] = kernel_peak(exe, threads, 0.05 if quick else 1.0,
                                              2 if quick else 5)
     n = 512 if quick else 4096
     result["matmul"] = matmul_peak(n, 2 if quick else 5)
     if "measured" not in result:
-        result["method"] = (f"fallback: the best of torch's {n}³ matmuls (no C compiler or no "
-                            "AVX-512 bf16: the FMA kernel did not run)")
-        result["measured"] = {k: {"gflops": v["gflops"]} for k, v in result["matmul"].items()}
+        result["method"] = (f"fallback: the best of torch's {n}³ matmuls (no C "
+                            "compiler or no AVX-512 BF16: the FMA kernel did not run)")
+        result["measured"] = {k: {"gflops": v["gflops"]}
+                              for k, v in result["matmul"].items()}
     th = result["theoretical"].get("gflops", {})
     for dtype, m in result["measured"].items():
         if dtype in th:
@@ -151,10 +155,11 @@ def report(r: dict) -> None:
     for dtype, m in r["measured"].items():
         th = t.get("gflops", {}).get(dtype)
         print(f"[peak] {dtype:8}: measured {m['gflops']:7.0f} GFLOP/s"
-              + (f"; theoretical {th:.0f} = {t['cores']} cores × {t['clock_ghz']:.2f} GHz × "
-                 f"{FLOP_PER_CYCLE[dtype]} FLOP/cycle" if th else ""))
+              + (f"; theoretical {th:.0f} = {t['cores']} cores × "
+                 f"{t['clock_ghz']:.2f} GHz × {FLOP_PER_CYCLE[dtype]} FLOP/cycle"
+                 if th else ""))
     for dtype, m in r["matmul"].items():
-        print(f"[peak] torch matmul {m['n']}³ {dtype}: {m['gflops']:.0f} GFLOP/s (best)")
+        print(f"[peak] torch matmul {m['n']}³ {dtype}: {m['gflops']:.0f} GFLOP/s")
     print(f"[peak] FLOP/cycle assumption: {t['assumption']}")
 
 

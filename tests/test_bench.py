@@ -1,5 +1,5 @@
-"""bench/ (#18): the pieces of bench/run.py, bench/peak.py, and bench/gpu.py's CPU dry run.
-Benchmarks report, they never fail: no test here asserts a time."""
+"""bench/ (#18): the pieces of bench/run.py and bench/peak.py, and bench/gpu.py's CPU
+dry run. Benchmarks report, they never fail: no test here asserts a time."""
 import importlib.util
 import json
 import os
@@ -16,7 +16,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(f"sdanatomy_bench_{name}", BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"sdanatomy_bench_{name}",
+                                                  BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,10 +36,12 @@ def peak():
 # ---------------------------------------------------------------- the profiler's groups
 @pytest.mark.parametrize("op, group", [
     ("aten::mkldnn_convolution", "conv"), ("aten::convolution", "conv"),
-    ("aten::addmm", "linear/matmul"), ("aten::mm", "linear/matmul"), ("aten::bmm", "linear/matmul"),
+    ("aten::addmm", "linear/matmul"), ("aten::mm", "linear/matmul"),
+    ("aten::bmm", "linear/matmul"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
     ("aten::_softmax", "attention"), ("aten::native_group_norm", "norm"),
-    ("aten::native_layer_norm", "norm"), ("aten::silu", "other"), ("aten::add", "other"),
+    ("aten::native_layer_norm", "norm"), ("aten::silu", "other"),
+    ("aten::add", "other"),
 ])
 def test_profiler_groups(run, op, group):
     assert run.group_of(op) == group
@@ -51,14 +54,16 @@ def test_group_profile_sums_self_times(run):
               SimpleNamespace(key="aten::add", self_cpu_time_total=1e6)]
     p = run.group_profile(events)
     assert p["total_seconds"] == pytest.approx(5.0)
-    assert p["seconds"]["conv"] == pytest.approx(3.0) and p["share"]["conv"] == pytest.approx(0.6)
+    assert p["seconds"]["conv"] == pytest.approx(3.0)
+    assert p["share"]["conv"] == pytest.approx(0.6)
     assert p["share"]["attention"] == 0.0 and set(p["seconds"]) == set(run.GROUPS)
 
 
 def test_limits_only_when_the_goal_is_missed(run):
     prof = {"seconds": dict.fromkeys(run.GROUPS, 1.0) | {"conv": 5.0}}
     prof["share"] = {k: v / 9 for k, v in prof["seconds"].items()}
-    result = {"e2e": {"ratio": 2.0}, "profiles": {"book bf16": prof, "diffusers bf16": prof}}
+    result = {"e2e": {"ratio": 2.0},
+              "profiles": {"book bf16": prof, "diffusers bf16": prof}}
     assert run.limits(result)["largest_group"] == "conv"
     assert run.limits({**result, "e2e": {"ratio": 2.6}}) is None
     assert run.limits({"e2e": {"skipped": "x"}}) is None
@@ -85,19 +90,20 @@ def test_bench_table_shows_the_measured_peak_not_the_matmul(peak):
     assert "(not the peak)" in text
 
 
-# ---------------------------------------------------------------- the GPU check's dry run
+# ---------------------------------------------------------------- the GPU check, dry
 def test_gpu_dry_run(tmp_path):
     out = tmp_path / "gpu.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--json", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    cmd = [sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["dry_run"] and r["device"] == "cpu" and r["installed_from_wheels"] == []
     for dtype in ("float32", "bfloat16"):
         assert r["ledger"][dtype]["ran"] == r["ledger"][dtype]["ok"] > 0
-    # same weights, same bf16 inputs: the book's U-Net and diffusers' agree to bf16's rounding
-    # of the output (2⁻⁸ relative to its largest value; rtol 0: one scale for the whole map)
+    # same weights, same bf16 inputs: the book's U-Net and diffusers' agree to bf16's
+    # rounding of the output (2⁻⁸ relative to its largest value, so atol = 2⁻⁸·max|ε̂|;
+    # rtol 0: one scale for the whole map)
     u = r["unet"]
     assert u["book_vs_diffusers"] <= 2 ** -8 * u["max_abs_ref"]
     g = r["text_to_image"]

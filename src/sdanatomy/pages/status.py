@@ -256,56 +256,71 @@ def finish_make_test() -> dict | None:
 
 # ---------------------------------------------------------------- the benchmark's results
 def _bench_peak_rows(pk: dict) -> list[list[str]]:
-    """The measured peak (bench/peak.py) beside the theoretical figure, one row per dtype."""
+    """The measured peak (bench/peak.py) beside the theoretical one, a row per dtype."""
     if not pk.get("measured"):
         return [["the machine's peak (FMA kernel)", pk.get("skipped", NOT_MEASURED)]]
     rows, th = [], (pk.get("theoretical") or {})
-    for dtype in sorted(pk["measured"], key=lambda d: d != "float32"):   # float32, then bf16
-        m = pk["measured"][dtype]
-        t = (th.get("gflops") or {}).get(dtype)
-        theory = (f"; theoretical {t:.0f} = {th['cores']} cores × {th['clock_ghz']:.2f} GHz × "
-                  f"{th['flop_per_cycle'][dtype]} FLOP/cycle" if t else "")
-        rows.append([f"the machine's {dtype} peak (measured)", f"{m['gflops']:.0f} GFLOP/s{theory}"])
+    for dtype in sorted(pk["measured"], key=lambda d: d != "float32"):  # float32 first
+        m, t = pk["measured"][dtype], (th.get("gflops") or {}).get(dtype)
+        theory = (f"; theoretical {t:.0f} = {th['cores']} cores × {th['clock_ghz']:.2f}"
+                  f" GHz × {th['flop_per_cycle'][dtype]} FLOP/cycle" if t else "")
+        rows.append([f"the machine's {dtype} peak (measured)",
+                     f"{m['gflops']:.0f} GFLOP/s{theory}"])
     mm = (pk.get("matmul") or {}).get("float32")
     if mm:
-        rows.append([f"float32 torch matmul {mm['n']}³ (not the peak)", f"{mm['gflops']:.0f} GFLOP/s"])
+        rows.append([f"float32 torch matmul {mm['n']}³ (not the peak)",
+                     f"{mm['gflops']:.0f} GFLOP/s"])
     return rows
 
 
 def _bench_unet_rows(u: dict, profiles: dict) -> list[list[str]]:
-    """One U-Net forward, four ways: time, GFLOP/s, utilisation of the same dtype's peak, and
-    the profiler's split into conv, linear/matmul, attention, norm, other."""
+    """One U-Net forward, four ways: time, GFLOP/s, utilisation of the same dtype's
+    peak, and the profiler's split into conv, linear/matmul, attention, norm, other."""
     if not u.get("forwards"):
-        return [["U-Net forward (diffusers and the book)", u.get("skipped", NOT_MEASURED)]]
+        return [["U-Net forward (diffusers and the book)",
+                 u.get("skipped", NOT_MEASURED)]]
     lat = u["latent"]
-    rows = [[f"U-Net forward, {lat}×{lat} latent: FLOPs", f"{u['gflop_per_forward']:.1f} GFLOP"]]
+    rows = [[f"U-Net forward, {lat}×{lat} latent: FLOPs",
+             f"{u['gflop_per_forward']:.1f} GFLOP"]]
     order = ("diffusers float32", "book float32", "diffusers bf16", "book bf16")
-    for name in sorted(u["forwards"], key=lambda n: order.index(n) if n in order else len(order)):
+    groups = ("conv", "linear/matmul", "attention", "norm", "other")   # bench/run.py's
+    for name in sorted(u["forwards"], key=lambda n: (order + (n,)).index(n)):
         f = u["forwards"][name]
-        use = f" = {100 * f['utilisation']:.0f} % of the measured peak" if "utilisation" in f else ""
-        rows.append([f"  {name}", f"{format_seconds(f['median_s'])} (median of {u['runs']}): "
-                                  f"{f['achieved_gflops']:.0f} GFLOP/s{use}"])
+        use = (f" = {100 * f['utilisation']:.0f} % of the measured peak"
+               if "utilisation" in f else "")
+        rows.append([f"  {name}", f"{format_seconds(f['median_s'])} (median of "
+                                  f"{u['runs']}): {f['achieved_gflops']:.0f} GFLOP/s"
+                                  + use])
         p = (profiles or {}).get(name) or {}
         if "share" in p:
-            groups = ("conv", "linear/matmul", "attention", "norm", "other")   # bench/run.py's
             rows.append(["    where its time goes (profiler, self CPU time)", ", ".join(
                 f"{g} {100 * p['share'][g]:.0f} %" for g in groups if g in p["share"])])
     return rows
 
 
 def _bench_e2e_rows(e: dict, lim: dict | None) -> list[list[str]]:
-    """End to end: diffusers' float32 pipeline against the book's CPU path, time and memory."""
+    """End to end: diffusers' float32 pipeline against the book's CPU path."""
     if "diffusers" not in e:
-        return [["end to end, diffusers float32 vs the book's CPU path", e.get("skipped", NOT_MEASURED)]]
+        return [["end to end, diffusers float32 vs the book's CPU path",
+                 e.get("skipped", NOT_MEASURED)]]
     rows = []
-    for path, label in (("diffusers", "diffusers' pipeline, float32"), ("book", "the book's CPU path")):
+    for path, label in (("diffusers", "diffusers' pipeline, float32"),
+                        ("book", "the book's CPU path")):
         r = e[path]
-        rows.append([f"{e['steps']} steps at {e['size']}², guidance {e['guidance']}: {label}",
+        rows.append([f"{e['steps']} steps at {e['size']}², guidance {e['guidance']}: "
+                     + label,
                      r.get("skipped") or f"{format_seconds(r['seconds'])}, peak memory "
-                                         f"{format_bytes(r['max_rss_bytes'])} ({r['precision']})"])
+                     f"{format_bytes(r['max_rss_bytes'])} ({r['precision']})"])
     if "ratio" in e:
-        rows.append(["end to end: diffusers / the book", f"{e['ratio']:.2f}× (goal "
-                     f"{e['goal_ratio']}×: {'met' if e['goal_met'] else 'not met'})"])
+        met = "met" if e["goal_met"] else "not met"
+        rows.append(["end to end: diffusers / the book",
+                     f"{e['ratio']:.2f}× (goal {e['goal_ratio']}×: {met})"])
+    if "ratio_compiled" in e:
+        r = e["book_compiled"]
+        rows.append(["end to end: diffusers / the book with torch.compile",
+                     f"{e['ratio_compiled']:.2f}× ({format_seconds(r['seconds'])} with "
+                     f"the compilation, peak memory "
+                     f"{format_bytes(r['max_rss_bytes'])})"])
     if lim:
         rows.append(["what limits it", lim["note"]])
     return rows
@@ -335,8 +350,8 @@ def bench_table(results: dict | None = None) -> Table:
         notes.append("--quick: small sizes for development, not the benchmark")
     pk = b.get("peak") or {}
     if pk.get("method"):
-        notes.append(f"peak: {pk['method']}; FLOP/cycle assumed: "
-                     f"{(pk.get('theoretical') or {}).get('assumption', '?')}")
+        assumed = (pk.get("theoretical") or {}).get("assumption", "?")
+        notes.append(f"peak: {pk['method']}; FLOP/cycle assumed: {assumed}")
     return Table("Benchmarks (bench/run.py)", ["measurement", "result"], rows, notes=notes)
 
 

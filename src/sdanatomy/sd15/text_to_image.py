@@ -16,10 +16,11 @@ The U-Net is diffusers' module (``unet="diffusers"``) or the book's pure functio
 runs SD-1.5 (real weights: real images; architecture only: noise) and the miniature model of
 ``sdanatomy.miniature`` (real digits on a CPU). On CUDA it runs in float16, on the CPU in float32.
 
-``precision="auto"`` picks the fast path for the machine (:func:`choose_precision` says why): on
-a CPU with native bf16 (AVX-512 BF16 or AMX, as oneDNN reports it) the U-Net and the VAE run in
-bfloat16 with channels_last, the latent state and the scheduler stay in float32; elsewhere
-float32; on CUDA float16. ``compile=True`` adds ``torch.compile`` to the U-Net (off by default).
+``precision="auto"`` picks the machine's fast path (:func:`choose_precision` says why):
+on a CPU with native bf16 (AVX-512 BF16 or AMX, as oneDNN reports it) the U-Net and the
+VAE run in bfloat16 with channels_last, the latent state and the scheduler stay in
+float32; elsewhere float32; on CUDA float16. ``compile=True`` adds ``torch.compile`` to
+the U-Net (off by default).
 """
 from __future__ import annotations
 
@@ -161,43 +162,47 @@ def _device_dtype(device, dtype):
 
 
 def cpu_has_bf16() -> tuple[bool, str]:
-    """(does this CPU compute bf16 natively, the evidence): oneDNN's own check (AVX-512 BF16,
-    AVX-512 core or AMX), else the /proc/cpuinfo flags avx512_bf16 / amx_bf16."""
+    """(does this CPU compute bf16 natively, the evidence): oneDNN's own check (AVX-512
+    BF16 or AMX), else the /proc/cpuinfo flags avx512_bf16 / amx_bf16."""
     try:
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        mkldnn = torch.backends.mkldnn.is_available()
+        if mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return True, "oneDNN reports native bf16 on this CPU"
     except (AttributeError, RuntimeError):
         pass
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+            flags = next((ln.split(":", 1)[1].split() for ln in f
+                          if ln.startswith("flags")), [])
     except OSError:
         flags = []
     found = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
     if found:
         return True, f"/proc/cpuinfo lists {', '.join(found)}"
-    return False, "neither oneDNN nor /proc/cpuinfo reports native bf16 (AVX-512 BF16 or AMX)"
+    return False, ("neither oneDNN nor /proc/cpuinfo reports native bf16 (AVX-512 BF16 "
+                   "or AMX)")
 
 
 def choose_precision(device, precision: str = "auto") -> tuple[torch.dtype, str]:
     """The U-Net's and VAE's dtype for ``precision`` on ``device``, and why.
 
-    "auto": CUDA -> float16; a CPU with native bf16 (:func:`cpu_has_bf16`) -> bfloat16 (about
-    twice float32's speed there: half the bytes, twice the FMA rate); any other CPU -> float32
-    (bf16 emulated is slower than float32). "float32", "bfloat16", "float16" force that dtype;
-    float16 is refused on the CPU (no fast kernels: minutes per step).
+    "auto": CUDA -> float16; a CPU with native bf16 (:func:`cpu_has_bf16`) -> bfloat16
+    (about twice float32's speed there: half the bytes, twice the FMA rate); any other
+    CPU -> float32 (emulated bf16 is slower than float32). "float32", "bfloat16" and
+    "float16" force that dtype; float16 is refused on the CPU (no fast kernels there).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     device = torch.device(device)
     if precision == "float16" and device.type == "cpu":
-        raise ValueError("float16 on the CPU is extremely slow: use float32 or bfloat16 there")
+        raise ValueError("float16 on the CPU is extremely slow: use float32 or "
+                         "bfloat16 there")
     if precision != "auto":
         return getattr(torch, precision), f"precision={precision!r} was asked for"
     if device.type == "cuda":
         return torch.float16, "CUDA: float16, as SD-1.5 is usually run on a GPU"
     if device.type != "cpu":
-        return torch.float32, f"{device.type}: float32 (no fast path known for this device)"
+        return torch.float32, f"{device.type}: float32 (no fast path known for it)"
     native, why = cpu_has_bf16()
     if native:
         return torch.bfloat16, f"bfloat16 with channels_last: {why}"
@@ -213,14 +218,15 @@ def _fast(module, device, dtype, compile):
         return module
     import torch._inductor.config as inductor
 
-    inductor.freezing = True      # weights as constants: folded into the compiled kernels
+    inductor.freezing = True      # weights as constants, folded into the kernels
     return torch.compile(module)
 
 
 # ---------------------------------------------------------------- the loop
 def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="diffusers", guidance=7.5,
                   steps=50, height=None, width=None, seed=0, device=None, dtype=None, keep_every=0,
-                  progress=True, scheduler="ddim", precision=None, compile=False) -> Generation:
+                  progress=True, scheduler="ddim", precision=None,
+                  compile=False) -> Generation:
     """Images for ``prompts``, §5: SD-1.5's text-to-image loop with classifier-free guidance.
 
     Returns a :class:`Generation`: images (B, C, H, W) in [0, 1], the final latents z_0, the
@@ -239,15 +245,16 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
     seed: z_T is drawn from a CPU ``torch.Generator`` seeded with it, then moved to the device, so
         that a seed starts from the same noise on every device.
     device, dtype: default CUDA in float16 when available, else the CPU in float32.
-    precision: None (the default: ``dtype`` as above, exactly the loop the book's pages run),
-        or "auto" (the fast path this machine supports, :func:`choose_precision`), "float32",
-        "bfloat16", "float16" (then leave ``dtype`` out). With bfloat16 on the CPU the U-Net and
-        the VAE run in bf16 with channels_last; the text encoder, the latent z_t, guidance and
-        the scheduler stay in float32 (bf16's 8-bit mantissa would round the small steps of
-        z_t away). ``settings["why_precision"]`` says why. The cast is in place, like
-        ``dtype``'s: bf16 rounds the weights, so load the model again to get exact float32 back.
-    compile: ``torch.compile`` the diffusers U-Net (frozen weights; the first step compiles:
-        worth it for many steps only). Off by default.
+    precision: None (the default: ``dtype`` as above, exactly the loop the book's pages
+        run), or "auto" (the fast path this machine supports, :func:`choose_precision`),
+        "float32", "bfloat16", "float16" (then leave ``dtype`` out). With bfloat16 on
+        the CPU the U-Net and the VAE run in bf16 with channels_last; the text encoder,
+        the latent z_t, guidance and the scheduler stay in float32 (bf16's 8-bit
+        mantissa would round the small steps of z_t away). ``settings["why_precision"]``
+        says why. The cast is in place, like ``dtype``'s: bf16 rounds the weights, so
+        load the model again to get exact float32 back.
+    compile: ``torch.compile`` the diffusers U-Net (frozen weights; the first step
+        compiles: worth it for many steps only). Off by default.
     keep_every: keep (z_t, x̂_0) every that many steps (0: none), for :func:`decode_latents`.
     scheduler: "ddim" (deterministic DDIM, η = 0) or "pndm" (SD-1.5's shipped default, PLMS).
     """
@@ -270,11 +277,12 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
             raise ValueError("give precision or dtype, not both")
         device, _ = _device_dtype(device, None)
         dtype, why = choose_precision(device, precision)
-        # bf16 computes the networks only: the text encoder and the state z_t stay float32
+        # bf16 computes the networks only: the text encoder and z_t stay float32
         state_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
         dtypes = {"text_encoder": state_dtype}
     for c in sd15.COMPONENTS:   # torch's own .to (diffusers' override warns on every cast)
-        torch.nn.Module.to(getattr(model, c), device=device, dtype=dtypes.get(c, dtype)).eval()
+        torch.nn.Module.to(getattr(model, c), device=device,
+                           dtype=dtypes.get(c, dtype)).eval()
     if precision is not None:
         _fast(model.vae, device, dtype, False)
     tokenize = tokenizer if tokenizer is not None else default_tokenizer(model)
@@ -299,9 +307,9 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         else:
             module = _fast(model.unet, device, dtype, compile and unet == "diffusers")
             net = (_book_unet if unet == "book" else _diffusers_unet)(module)
-            c_net = context.to(dtype)                                       # (2B, M, d_ctx)
-            fmt = (torch.channels_last if device.type == "cpu" and dtype == torch.bfloat16
-                   else torch.contiguous_format)
+            c_net = context.to(dtype)                               # (2B, M, d_ctx)
+            cpu_bf16 = device.type == "cpu" and dtype == torch.bfloat16
+            fmt = torch.channels_last if cpu_bf16 else torch.contiguous_format
             eps_hat = lambda z, t, c: net(z.to(dtype).contiguous(memory_format=fmt), t,
                                           c_net).to(state_dtype)
 
@@ -310,7 +318,8 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         sched.set_timesteps(steps, device=device)
         shape = (B, model.unet.config.in_channels, height // f, width // f)
         g = torch.Generator("cpu").manual_seed(seed)
-        z = (torch.randn(shape, generator=g, dtype=torch.float32) * sched.init_noise_sigma).to(device, state_dtype)
+        z = torch.randn(shape, generator=g, dtype=torch.float32)
+        z = (z * sched.init_noise_sigma).to(device, state_dtype)
         alpha_bars = sched.alphas_cumprod.to(torch.float64)
 
         # 4. the loop: one guided ε̃ per timestep, one scheduler step
@@ -333,7 +342,8 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         images = decode_latents(model, z)
     settings = dict(prompts=prompts, negative_prompt=negative_prompt, unet=unet, guidance=w, steps=steps,
                     height=height, width=width, seed=seed, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                    scheduler=scheduler, precision=precision, why_precision=why, compile=compile)
+                    scheduler=scheduler, precision=precision, why_precision=why,
+                    compile=compile)
     return Generation(images, z.float().cpu(), tuple(timesteps), kept, settings)
 
 
