@@ -109,3 +109,13 @@ def test_gpu_dry_run(tmp_path):
     g = r["text_to_image"]
     assert {"diffusers_seconds", "book_seconds", "ratio_book_over_diffusers"} <= set(g)
     assert g["max_abs_pixel_book_vs_diffusers"] <= 2 ** -8           # pixels in [0, 1]
+
+
+def test_bench_table_says_when_the_cores_boost_above_the_reported_clock():
+    th = {"cores": 2, "clock_ghz": 2.6, "flop_per_cycle": {"float32": 64},
+          "gflops": {"float32": 2 * 2.6 * 64}, "assumption": "two FMA pipes"}
+    pk = {"measured": {"float32": {"gflops": 520.0, "implied_clock_ghz": 520 / 128}},
+          "theoretical": th, "method": "kernel"}
+    text = repr(status.bench_table({"peak": pk}))
+    assert "theoretical 333 = 2 cores × 2.60 GHz × 64 FLOP/cycle" in text
+    assert "implies 4.06 GHz" in text
