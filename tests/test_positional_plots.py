@@ -36,3 +36,17 @@ def test_word_maps_figure_refuses_mismatched_input():
         positional_plots.word_maps_figure(image, ["three"], maps)
     with pytest.raises(ValueError, match="image"):
         positional_plots.word_maps_figure(image[0], ["three", "seven"], maps)
+
+
+def test_samples_figure_draws_each_image_with_its_title():
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(5, 1, 16, 32, generator=g) * 2 - 1
+    titles = [f"prompt {k}" for k in range(5)]
+    fig = positional_plots.samples_figure(images, titles, columns=3)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.images]
+    assert len(shown) == 5
+    for ax, img, title in zip(shown, images, titles):
+        np.testing.assert_array_equal(ax.images[0].get_array(), img[0].numpy())
+        assert ax.get_title() == title
+    with pytest.raises(ValueError, match="one title"):
+        positional_plots.samples_figure(images, titles[:2])

@@ -1,5 +1,5 @@
-"""Chapter 6's figure of the positional miniature: one generated pair and, for each digit
-word of its prompt, that word's cross-attention weight at every latent pixel.
+"""Chapter 6's figures of the positional miniature: generated pairs with their prompts, and
+for one of them each digit word's cross-attention weight at every latent pixel.
 
 Returns a :class:`matplotlib.figure.Figure` (no pyplot, no global state).
 """
@@ -45,4 +45,26 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
                                      for t in ticks])
     bar.ax.tick_params(labelsize=8)
     bar.set_label("π", fontsize=9)
+    return fig
+
+
+def samples_figure(images: torch.Tensor, titles: list[str], *, columns: int = 4) -> Figure:
+    """Generated images (B, 1, H, W) in [−1, 1] on a grid, each titled (e.g. its prompt
+    and the judge's reading of each half), a dashed line between the halves."""
+    if images.dim() != 4 or images.shape[1] != 1 or len(titles) != len(images):
+        raise ValueError(f"one title per image (B, 1, H, W): {len(titles)} titles, images "
+                         f"{tuple(images.shape)}")
+    rows = -(-len(images) // columns)
+    fig = Figure(figsize=(2.3 * columns, 1.55 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    W = images.shape[-1]
+    for ax, img, title in zip(axes, images, titles):
+        ax.imshow(img[0].numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        ax.axvline(W / 2 - 0.5, color="tab:cyan", ls="--", lw=0.8)
+        ax.set_title(title, fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(images):]:
+        ax.set_visible(False)
     return fig
