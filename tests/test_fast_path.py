@@ -45,6 +45,14 @@ def test_forced_float32_is_the_default_loop_bit_for_bit():
     assert forced.settings["why_precision"] == "precision='float32' was asked for"
 
 
+def test_an_explicit_dtype_outranks_auto():
+    mini = miniature.load()
+    default = run(mini)
+    auto = run(mini, precision="auto", dtype=torch.float32)
+    assert torch.equal(default.images, auto.images)
+    assert auto.settings["why_precision"].startswith("dtype")
+
+
 def test_bf16_stays_close_to_float32():
     f32 = run(miniature.load(), precision="float32")
     bf16 = run(miniature.load(), precision="bfloat16")     # fresh: the cast is in place
@@ -74,8 +82,10 @@ def test_book_unet_runs_the_bf16_path():
     (dict(precision="half"), ValueError, "precision must be one of"),
     (dict(precision=16), ValueError, "precision must be one of"),
     (dict(precision="float16"), ValueError, "float16 on the CPU"),
-    (dict(precision="auto", dtype=torch.float32), ValueError,
+    (dict(precision="bfloat16", dtype=torch.float32), ValueError,
      "precision or dtype, not both"),
+    (dict(precision="auto", dtype=torch.float32, compile=True), ValueError,
+     "give a precision"),
     (dict(compile=True), ValueError, "give a precision"),
     (dict(precision="auto", compile="yes"), TypeError, "compile must be True or False"),
 ])

@@ -247,7 +247,8 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
     device, dtype: default CUDA in float16 when available, else the CPU in float32.
     precision: None (the default: ``dtype`` as above, exactly the loop the book's pages
         run), or "auto" (the fast path this machine supports, :func:`choose_precision`),
-        "float32", "bfloat16", "float16" (then leave ``dtype`` out). With bfloat16 on
+        "float32", "bfloat16", "float16" (then leave ``dtype`` out; a ``dtype`` given
+        with "auto" wins, as without a precision). With bfloat16 on
         the CPU the U-Net and the VAE run in bf16 with channels_last; the text encoder,
         the latent z_t, guidance and the scheduler stay in float32 (bf16's 8-bit
         mantissa would round the small steps of z_t away). ``settings["why_precision"]``
@@ -265,16 +266,20 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
                                 keep_every, scheduler)
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False; got {compile!r}")
-    if compile and precision is None:
-        raise ValueError("compile=True belongs to the fast path: give a precision too")
-    if precision is None:
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if dtype is not None and precision not in (None, "auto"):
+        raise ValueError("give precision or dtype, not both")
+    fast = precision is not None and dtype is None    # a dtype given outranks "auto"
+    if compile and not fast:
+        raise ValueError("compile=True belongs to the fast path: give a precision (and "
+                         "no dtype)")
+    if not fast:
         device, dtype = _device_dtype(device, dtype)
-        why, state_dtype, dtypes = "dtype (precision=None)", dtype, {}
+        why, state_dtype, dtypes = f"dtype {dtype} (no precision asked for)", dtype, {}
         for c in ("unet", "vae"):      # undo an earlier fast path's channels_last
             getattr(model, c).to(memory_format=torch.contiguous_format)
     else:
-        if dtype is not None:
-            raise ValueError("give precision or dtype, not both")
         device, _ = _device_dtype(device, None)
         dtype, why = choose_precision(device, precision)
         # bf16 computes the networks only: the text encoder and z_t stay float32
@@ -283,7 +288,7 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
     for c in sd15.COMPONENTS:   # torch's own .to (diffusers' override warns on every cast)
         torch.nn.Module.to(getattr(model, c), device=device,
                            dtype=dtypes.get(c, dtype)).eval()
-    if precision is not None:
+    if fast:
         _fast(model.vae, device, dtype, False)
     tokenize = tokenizer if tokenizer is not None else default_tokenizer(model)
     B, f, w = len(prompts), vae_factor(model.vae), float(guidance)
@@ -302,7 +307,7 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         if d_ctx != model.unet.config.cross_attention_dim:
             raise ValueError(f"the text encoder gives d_ctx = {d_ctx}, the U-Net's cross-attention "
                              f"expects {model.unet.config.cross_attention_dim}")
-        if precision is None:
+        if not fast:
             eps_hat = (_book_unet if unet == "book" else _diffusers_unet)(model.unet)
         else:
             module = _fast(model.unet, device, dtype, compile and unet == "diffusers")
