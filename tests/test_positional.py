@@ -88,6 +88,19 @@ def test_own_half_mass_averages_records():
     assert out["left_word_per_layer"] == pytest.approx({"a": 1.0, "b": 0.5})
 
 
+def test_judge_halves_counts_each_position_and_swaps():
+    class Reads:                                       # a judge that reads the mean pixel
+        def predict(self, images):
+            return images.mean((1, 2, 3)).round().long()
+
+    images = torch.zeros(4, 1, 16, 32)
+    for k, (a, b) in enumerate([(1, 2), (2, 1), (3, 3), (1, 5)]):
+        images[k, ..., :16], images[k, ..., 16:] = a, b
+    labels = torch.tensor([[1, 2], [1, 2], [3, 3], [1, 4]])
+    acc = P.judge_halves(Reads(), images, labels)
+    assert acc == dict(left=0.75, right=0.5, both=0.5, swapped=0.25)
+
+
 def test_tiny_training_run(tmp_path):
     vae = P.load_vae()
     pairs, _, prompts = P.pair_dataset(8, seed=0)

@@ -25,13 +25,17 @@ def test_word_maps_figure_draws_the_given_maps():
         np.testing.assert_array_equal(ax.images[0].get_array(), m.numpy())
         assert word in ax.get_title()
         assert ax.images[0].get_extent() == [0, 32, 16, 0]        # the image's pixels
-        assert ax.images[0].norm.vmax == pytest.approx(float(maps.max()))
+        # white at the uniform level, up to twice it or the largest weight
+        assert ax.images[0].norm.vcenter == 0.125
+        assert ax.images[0].norm.vmax == max(float(maps.max()), 0.25)
     for ax in panels:                                             # the halves' border
         assert any(list(line.get_xdata()) == [16.0, 16.0] for line in ax.lines)
 
 
 def test_word_maps_figure_refuses_mismatched_input():
     image, maps = _data()
+    plain = positional_plots.word_maps_figure(image, ["three", "seven"], maps)
+    assert plain.axes[1].images[0].norm.vmax == float(maps.max())
     with pytest.raises(ValueError, match="one"):
         positional_plots.word_maps_figure(image, ["three"], maps)
     with pytest.raises(ValueError, match="image"):

@@ -184,12 +184,15 @@ def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: in
 
 
 def judge_halves(judge, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """The judge reads each 16×16 half: accuracy on the left, on the right, on both."""
-    left, right = halves(images)
-    ok_l = judge.predict(left) == labels[:, 0]
-    ok_r = judge.predict(right) == labels[:, 1]
+    """The judge reads each 16×16 half: accuracy on the left, on the right, on both; and
+    ``swapped``, the share drawn in the wrong order (left half reads the right digit and
+    right half the left one, pairs of two equal digits excluded from the count)."""
+    left, right = (judge.predict(h) for h in halves(images))
+    ok_l, ok_r = left == labels[:, 0], right == labels[:, 1]
+    swapped = (left == labels[:, 1]) & (right == labels[:, 0]) & (labels[:, 0] != labels[:, 1])
     return dict(left=ok_l.float().mean().item(), right=ok_r.float().mean().item(),
-                both=(ok_l & ok_r).float().mean().item())
+                both=(ok_l & ok_r).float().mean().item(),
+                swapped=swapped.float().mean().item())
 
 
 def own_half_fraction(maps: torch.Tensor, half: str) -> torch.Tensor:

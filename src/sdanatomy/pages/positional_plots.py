@@ -6,7 +6,7 @@ Returns a :class:`matplotlib.figure.Figure` (no pyplot, no global state).
 from __future__ import annotations
 
 import torch
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 
@@ -14,9 +14,10 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
                      *, uniform: float | None = None) -> Figure:
     """The image (1, H, 2W) and one map (h, 2w) per word, drawn over the image's extent.
 
-    ``maps`` (K, h, w2) are the words' weights π at each latent pixel (one colour scale for
-    all, from 0 to the largest weight; ``uniform``, e.g. 1/M, is marked on the colour bar).
-    A dashed line splits each panel into its left and right halves.
+    ``maps`` (K, h, w2) are the words' weights π at each latent pixel, on one colour scale
+    for all. With ``uniform`` (e.g. 1/M) the scale runs from 0 to max(2·uniform, the largest
+    weight) and is white at the uniform level, as chapter 6's first maps; without, it runs
+    from 0 to the largest weight. A dashed line splits each panel into its two halves.
     """
     if image.dim() != 3 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, H, W); got {tuple(image.shape)}")
@@ -25,13 +26,18 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
                          f"{tuple(maps.shape)}")
     H, W = image.shape[1:]
     extent = (0, W, H, 0)
-    norm = Normalize(vmin=0.0, vmax=float(maps.max()))
+    top = float(maps.max())
+    if uniform is None:
+        norm, cmap = Normalize(vmin=0.0, vmax=top), "magma"
+    else:
+        top = max(top, 2 * uniform)
+        norm, cmap = TwoSlopeNorm(uniform, vmin=0.0, vmax=top), "RdBu_r"
     fig = Figure(figsize=(2.6 * (len(words) + 1) + 0.8, 2.2), layout="constrained")
     axes = fig.subplots(1, len(words) + 1)
     axes[0].imshow(image[0].numpy(), cmap="gray_r", vmin=-1, vmax=1, extent=extent)
     axes[0].set_title("generated image", fontsize=9)
     for ax, word, m in zip(axes[1:], words, maps):
-        im = ax.imshow(m.numpy(), cmap="magma", norm=norm, extent=extent,
+        im = ax.imshow(m.numpy(), cmap=cmap, norm=norm, extent=extent,
                        interpolation="nearest")
         ax.set_title(f"π of “{word}”", fontsize=9)
     for ax in axes:
@@ -40,9 +46,8 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
         ax.set_yticks([])
     bar = fig.colorbar(im, ax=axes.tolist(), fraction=0.03, pad=0.02)
     if uniform is not None:
-        ticks = sorted({0.0, uniform, round(float(maps.max()), 2)})
-        bar.set_ticks(ticks, labels=[f"{t:.2f}" + (" (1/M)" if t == uniform else "")
-                                     for t in ticks])
+        bar.set_ticks([0.0, uniform, top],
+                      labels=["0", f"{uniform:.3f} (uniform)", f"{top:.2f}"])
     bar.ax.tick_params(labelsize=8)
     bar.set_label("π", fontsize=9)
     return fig
