@@ -16,7 +16,8 @@ Prints, and writes as JSON for the status appendix (``pages.status.bench_table``
    counted by ``FlopCounterMode`` on the meta device; utilisation = (FLOPs / time) / the
    measured peak of the same dtype.
 3. ``profiles``: where one forward's time goes (torch.profiler, self CPU time of each
-   op, grouped into conv, linear/matmul, attention, norm, other), for the four forwards.
+   op, grouped into conv, linear/matmul, attention, norm, other), for the four forwards;
+   ``conv``: the largest convolution alone, float32 and bf16, against each peak.
 4. ``e2e``: 20 steps at 512² with guidance 7.5, DDIM, architecture-only weights:
    diffusers' ``StableDiffusionPipeline`` in float32 (as it runs by default) against the
    book's CPU path (``text_to_image(precision="auto")``), one subprocess each
@@ -200,6 +201,44 @@ def unet(runs: int, latent: int, peaks: dict) -> tuple[dict, dict]:
     return result, profiles
 
 
+def conv_ceiling(peaks: dict, runs: int, size: int) -> dict:
+    """The U-Net's largest convolution alone (3×3, 320 -> 320 channels, batch 2 as with
+    guidance, size×size): float32 as diffusers runs it (NCHW) and bf16 channels_last,
+    each against its dtype's measured peak. If both reach their peaks, bf16 cannot be
+    faster than the ratio of the peaks on the convolutions."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(320, 320, 3, padding=1).eval()
+    x = torch.randn(2, 320, size, size, generator=g)
+    conv_bf16 = torch.nn.Module.to(copy.deepcopy(conv), torch.bfloat16)
+    conv_bf16.to(memory_format=torch.channels_last)
+    x_bf16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 2 * 320 * 320 * 9 * size * size                # 2 per multiply-add
+    result = {"shape": f"2×320×{size}×{size}, 3×3, 320 out", "gflop": flops / 1e9}
+    with torch.inference_mode():
+        for dtype, fn in (("float32", lambda: conv(x)),
+                          ("bfloat16", lambda: conv_bf16(x_bf16))):
+            fn()                                                               # warm-up
+            times = []
+            for _ in range(max(runs, 3)):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            best = min(times)
+            r = {"best_s": best, "gflops": flops / best / 1e9}
+            p = (peaks.get("measured") or {}).get(dtype, {}).get("gflops")
+            if p:
+                r["of_peak"] = r["gflops"] / p
+            result[dtype] = r
+            share = f" = {100 * r['of_peak']:.0f} % of the measured peak" if p else ""
+            print(f"[conv] {result['shape']}, {dtype}: {r['gflops']:.0f} GFLOP/s"
+                  + share)
+    m = peaks.get("measured") or {}
+    if "float32" in m and "bfloat16" in m:
+        ratio = m["bfloat16"]["gflops"] / m["float32"]["gflops"]
+        result["peak_ratio_bf16_over_float32"] = ratio
+    return result
+
+
 # ---------------------------------------------------------------- 4. end to end
 def e2e(size: int, steps: int, guidance: float = 7.5, compile: bool = False) -> dict:
     """One subprocess per path (bench/e2e.py): its time and its own peak memory; with
@@ -245,10 +284,18 @@ def limits(result: dict) -> dict | None:
     if "ratio" not in e or e["ratio"] >= GOAL or not p or "seconds" not in p:
         return None
     top = max(GROUPS, key=lambda g: p["seconds"][g])
+    note = (f"the ratio {e['ratio']:.2f}× is short of {GOAL}×; in the bf16 U-Net "
+            f"forward the largest share of time is {top} "
+            f"({100 * p['share'][top]:.0f} %)")
+    c = result.get("conv") or {}
+    if "peak_ratio_bf16_over_float32" in c and "of_peak" in c.get("bfloat16", {}):
+        f32 = c["float32"].get("of_peak", float("nan"))
+        note += (f"; the largest convolution runs at {100 * f32:.0f} % of the float32 "
+                 f"peak and {100 * c['bfloat16']['of_peak']:.0f} % of the bf16 peak, "
+                 f"and the bf16 peak is {c['peak_ratio_bf16_over_float32']:.2f}× the "
+                 "float32 one: on compute-bound convolutions bf16 gains at most that")
     return {"largest_group": top, "share": p["share"][top], "profile": "diffusers bf16",
-            "note": f"the ratio {e['ratio']:.2f}× is short of {GOAL}×; in the bf16 "
-                    f"U-Net forward the largest share of time is {top} "
-                    f"({100 * p['share'][top]:.0f} %)"}
+            "note": note}
 
 
 # ---------------------------------------------------------------- 5. the figures
@@ -293,6 +340,7 @@ def main(argv=None) -> int:
         got = _guard("unet", unet, runs, latent, result["peak"])
         result["unet"], result["profiles"] = (got if isinstance(got, tuple)
                                               else (got, got))
+    result["conv"] = _guard("conv", conv_ceiling, result["peak"], runs, latent)
     result["e2e"] = ({"skipped": "skipped (--skip-e2e)"} if args.skip_e2e
                      else _guard("e2e", e2e, size, steps, compile=args.e2e_compile))
     result["e2e_limits"] = limits(result)

@@ -119,3 +119,15 @@ def test_bench_table_says_when_the_cores_boost_above_the_reported_clock():
     text = repr(status.bench_table({"peak": pk}))
     assert "theoretical 333 = 2 cores × 2.60 GHz × 64 FLOP/cycle" in text
     assert "implies 4.06 GHz" in text
+
+
+def test_conv_ceiling_at_a_tiny_size(run):
+    peaks = {"measured": {"float32": {"gflops": 100.0}, "bfloat16": {"gflops": 200.0}}}
+    c = run.conv_ceiling(peaks, 1, 4)
+    assert c["gflop"] == pytest.approx(2 * 2 * 320 * 320 * 9 * 16 / 1e9)
+    assert c["peak_ratio_bf16_over_float32"] == 2.0
+    for dtype in ("float32", "bfloat16"):
+        peak = peaks["measured"][dtype]["gflops"]
+        assert c[dtype]["of_peak"] == pytest.approx(c[dtype]["gflops"] / peak)
+    text = repr(status.bench_table({"conv": c}))
+    assert "largest convolution (2×320×4×4, 3×3, 320 out), bfloat16" in text

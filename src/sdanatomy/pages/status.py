@@ -301,6 +301,19 @@ def _bench_unet_rows(u: dict, profiles: dict) -> list[list[str]]:
     return rows
 
 
+def _bench_conv_rows(c: dict) -> list[list[str]]:
+    """The U-Net's largest convolution alone, float32 and bf16, against each peak."""
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        r = c.get(dtype)
+        if r:
+            share = (f" = {100 * r['of_peak']:.0f} % of the peak" if "of_peak" in r
+                     else "")
+            rows.append([f"largest convolution ({c['shape']}), {dtype}",
+                         f"{r['gflops']:.0f} GFLOP/s{share}"])
+    return rows
+
+
 def _bench_e2e_rows(e: dict, lim: dict | None) -> list[list[str]]:
     """End to end: diffusers' float32 pipeline against the book's CPU path."""
     if "diffusers" not in e:
@@ -337,6 +350,7 @@ def bench_table(results: dict | None = None) -> Table:
                      [["all", NOT_MEASURED]], notes=["run `python bench/run.py` to measure them on this machine"])
     rows = _bench_peak_rows(b.get("peak") or {})
     rows += _bench_unet_rows(b.get("unet") or {}, b.get("profiles") or {})
+    rows += _bench_conv_rows(b.get("conv") or {})
     rows += _bench_e2e_rows(b.get("e2e") or {}, b.get("e2e_limits"))
     f = b.get("figures") or {}
     if "seconds" in f:
