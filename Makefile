@@ -132,7 +132,7 @@ lab: install
 
 # Speed, reported, never asserted: bench/run.py writes _build/status/bench.json for the status appendix.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || test -x "$$SDANATOMY_CHROMIUM" || { \
