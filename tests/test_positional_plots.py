@@ -16,7 +16,8 @@ def _data():
 
 def test_word_maps_figure_draws_the_given_maps():
     image, maps = _data()
-    fig = positional_plots.word_maps_figure(image, ["three", "seven"], maps, uniform=0.125)
+    fig = positional_plots.word_maps_figure(image, ["three", "seven"], maps,
+                                            uniform=0.125)
     assert isinstance(fig, Figure)
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 3

@@ -1,20 +1,21 @@
 """A positional miniature: two digits side by side, prompted "a three left of a seven".
 
-The shipped miniature draws one centred digit, so its cross-attention has nothing to localise
-and its maps are nearly flat. Here each image is 16×32 pixels, two real 16×16 digits
-(``digits.load_digits(16)``) side by side, and the prompt names both with their order. The
-shipped VAE is reused **frozen**: it is convolutional (plus one self-attention in its middle
-block), so it encodes a 16×32 image into a 4×8×16 latent unchanged; :func:`vae_check` measures
-how well. A text encoder and a U-Net of the miniature's configuration (vocabulary and
-``sample_size`` adjusted) are trained by ``sdanatomy.lecture.diffusion.train_noise_estimator``,
-as ``train.py`` does.
+The shipped miniature draws one centred digit, so its cross-attention has nothing to
+localise and its maps are nearly flat. Here each image is 16×32 pixels, two real 16×16
+digits (``digits.load_digits(16)``) side by side, and the prompt names both with their
+order. The shipped VAE is reused **frozen**: it is convolutional (plus one
+self-attention in its middle block), so it encodes a 16×32 image into a 4×8×16 latent
+unchanged; :func:`vae_check` measures how well. A text encoder and a U-Net of the
+miniature's configuration (vocabulary and ``sample_size`` adjusted) are trained by
+``sdanatomy.lecture.diffusion.train_noise_estimator``, as ``train.py`` does.
 
 The grammar is one sentence, ``a X left of a Y`` (six words, M = 8 tokens with start and
-end). Its mirror "a Y right of a X" is left out on purpose: CLIP's text encoder is causal,
-so the first digit word's hidden state cannot see the "left"/"right" that follows it and
-could not know which half it belongs to.
+end). Its mirror "a Y right of a X" is left out on purpose: CLIP's text encoder is
+causal, so the first digit word's hidden state cannot see the "left"/"right" that
+follows it and could not know which half it belongs to.
 
-``python -m sdanatomy.miniature.positional`` retrains and writes ``positional_weights/``.
+``python -m sdanatomy.miniature.positional`` retrains and writes ``positional_weights/``
+(with a progress bar).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ GRAMMAR = "a {left} left of a {right}"
 WORD_POSITIONS = (2, 6)      # token index of the left and of the right digit word
 POS_TEXT_CONFIG = {**TEXT_ENCODER_CONFIG, "vocab_size": len(VOCAB)}
 POS_UNET_CONFIG = {**UNET_CONFIG, "sample_size": LATENT[1:]}
-DEFAULTS = dict(seed=0, pairs=20000, steps=1400, batch_size=64, lr=1e-3, cond_dropout=0.1,
-                guidance=3.0, samples=100)
+DEFAULTS = dict(seed=0, pairs=20000, steps=1400, batch_size=64, lr=1e-3,
+                cond_dropout=0.1, guidance=3.0, samples=100)
 
 
 def prompt(left: int, right: int) -> str:
@@ -69,11 +70,13 @@ def tokenize(prompts) -> torch.Tensor:
         words = p.lower().split()
         unknown = [w for w in words if w not in index or w in SPECIALS]
         if unknown:
-            raise ValueError(f"the positional miniature cannot encode {unknown} in {p!r}; "
-                             f"its sentences read {GRAMMAR!r} with digits as words")
+            raise ValueError(f"the positional miniature cannot encode {unknown} in "
+                             f"{p!r}; its sentences read {GRAMMAR!r} with digits as "
+                             "words")
         if len(words) > M - 2:
             raise ValueError(f"a prompt has at most {M - 2} words; got {p!r}")
-        ids = [index["<|startoftext|>"]] + [index[w] for w in words] + [index["<|endoftext|>"]]
+        ids = ([index["<|startoftext|>"]] + [index[w] for w in words]
+               + [index["<|endoftext|>"]])
         rows.append(ids + [index["<|pad|>"]] * (M - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
 
@@ -84,9 +87,9 @@ def detokenize(ids: torch.Tensor) -> str:
 
 
 def pair_dataset(n: int, *, seed: int = 0):
-    """``n`` pair images (n, 1, 16, 32) in [−1, 1] drawn with ``seed`` from the 1,797 real
-    digits (two independent draws with replacement), their labels (n, 2) as (left, right) and
-    their prompts."""
+    """``n`` pair images (n, 1, 16, 32) in [−1, 1] drawn with ``seed`` from the 1,797
+    real digits (two independent draws with replacement), their labels (n, 2) as
+    (left, right) and their prompts."""
     if n < 1:
         raise ValueError(f"n must be positive; got {n}")
     images, labels = digits.load_digits(IMAGE_SIZE)
@@ -112,15 +115,16 @@ def load_vae():
 
 
 def vae_check(vae, *, n: int = 500, seed: int = 0) -> dict:
-    """Mean |x − Dec(μ(x))| (pixels in [−1, 1]) on single 16×16 digits and on 16×32 pairs."""
+    """Mean |x − Dec(μ(x))| (pixels in [−1, 1]) on single 16×16 digits and on 16×32
+    pairs, and on the pairs' four columns around the seam."""
     pairs, _, _ = pair_dataset(n, seed=seed)
     singles = torch.cat(halves(pairs))
     out = {}
     with torch.no_grad():
         for name, x in (("single_16x16", singles), ("pair_16x32", pairs)):
             z = vae.encode(x).latent_dist.mean
-            out[name] = dict(latent_shape=list(z.shape[1:]),
-                             mean_abs_error=(vae.decode(z).sample - x).abs().mean().item())
+            error = (vae.decode(z).sample - x).abs().mean().item()
+            out[name] = dict(latent_shape=list(z.shape[1:]), mean_abs_error=error)
         # the pairs' reconstruction seen half by half, to locate any seam effect
         z = vae.encode(pairs).latent_dist.mean
         rec = vae.decode(z).sample
@@ -135,7 +139,8 @@ def latent_dataset(vae, pairs: torch.Tensor, prompts, *, seed: int):
     with torch.no_grad():
         post = vae.encode(pairs).latent_dist
         eps = torch.randn(post.mean.shape, generator=g)
-        z = diffusion.reparameterize(post.mean, post.std, eps) * vae.config.scaling_factor
+        z = diffusion.reparameterize(post.mean, post.std, eps)
+        z = z * vae.config.scaling_factor
     return z, tokenize(prompts)
 
 
@@ -177,9 +182,11 @@ def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: in
         eps = diffusion.guided(eps, tokenize([""]), guidance)
     s = schedule()
     with torch.no_grad():
-        z = diffusion.ddim_sample(eps, (len(ids), *LATENT), ids, schedule=s, num_steps=steps,
+        z = diffusion.ddim_sample(eps, (len(ids), *LATENT), ids, schedule=s,
+                                  num_steps=steps,
                                   generator=torch.Generator().manual_seed(seed),
-                                  final_alpha_bar=s.alpha_bars[0].item(), steps_offset=1)
+                                  final_alpha_bar=s.alpha_bars[0].item(),
+                                  steps_offset=1)
     return decode_latents(model, z) * 2 - 1
 
 
@@ -189,7 +196,8 @@ def judge_halves(judge, images: torch.Tensor, labels: torch.Tensor) -> dict:
     right half the left one, pairs of two equal digits excluded from the count)."""
     left, right = (judge.predict(h) for h in halves(images))
     ok_l, ok_r = left == labels[:, 0], right == labels[:, 1]
-    swapped = (left == labels[:, 1]) & (right == labels[:, 0]) & (labels[:, 0] != labels[:, 1])
+    swapped = ((left == labels[:, 1]) & (right == labels[:, 0])
+               & (labels[:, 0] != labels[:, 1]))
     return dict(left=ok_l.float().mean().item(), right=ok_r.float().mean().item(),
                 both=(ok_l & ok_r).float().mean().item(),
                 swapped=swapped.float().mean().item())
@@ -216,9 +224,10 @@ def attention_record(model, prompt_text: str, *, guidance: float = 3.0, steps: i
                      seed: int = 0):
     """Generate once and record every cross-attention module's softmax weights.
 
-    Returns (image (1, 16, 32), records): one entry per call of an ``attn2`` module, a dict
-    with ``layer`` (its name) and ``probs`` (heads, M, h, w): the conditional half of the
-    guided batch, each query pixel's weights over the M tokens (they sum to 1 over tokens).
+    Returns (image (1, 16, 32), records): one entry per call of an ``attn2`` module, a
+    dict with ``layer`` (its name) and ``probs`` (heads, M, h, w): the conditional half
+    of the guided batch, each query pixel's weights over the M tokens (they sum to 1
+    over the tokens).
     """
     modules = [(n, m) for n, m in model.unet.named_modules() if n.endswith("attn2")]
     originals = [(m, m.processor) for _, m in modules]
@@ -235,7 +244,8 @@ def attention_record(model, prompt_text: str, *, guidance: float = 3.0, steps: i
         for name, m in modules:
             m.set_processor(AttnProcessor())                       # explicit softmax
             m.get_attention_scores = recording(name, m.get_attention_scores)
-        image = generate(model, [prompt_text], guidance=guidance, steps=steps, seed=seed)
+        image = generate(model, [prompt_text], guidance=guidance, steps=steps,
+                         seed=seed)
     finally:
         for m, processor in originals:
             m.set_processor(processor)
@@ -246,7 +256,8 @@ def attention_record(model, prompt_text: str, *, guidance: float = 3.0, steps: i
         heads, n = probs.shape[0] // batch, probs.shape[1]
         h = int(round((n // 2) ** 0.5))                           # h × 2h query pixels
         cond = probs[-heads:]                                     # the prompt's half
-        out.append(dict(layer=name, probs=cond.transpose(1, 2).reshape(heads, M, h, 2 * h)))
+        maps = cond.transpose(1, 2).reshape(heads, M, h, 2 * h)
+        out.append(dict(layer=name, probs=maps))
     return image, out
 
 
@@ -259,17 +270,19 @@ def word_maps(records, *, size=LATENT[1:]) -> torch.Tensor:
 
 
 def own_half_mass(records) -> dict:
-    """The positional metric: for the left word, its mass on the left half; for the right
-    word, on the right; per record and head (:func:`own_half_fraction`), then averaged over
-    heads, layers and steps. Also per layer."""
+    """The positional metric: for the left word, its mass on the left half; for the
+    right word, on the right; per record and head (:func:`own_half_fraction`), then
+    averaged over heads, layers and steps. Also per layer."""
     per_word = {}
     for key, pos, half in (("left_word", WORD_POSITIONS[0], "left"),
                            ("right_word", WORD_POSITIONS[1], "right")):
         values = [own_half_fraction(r["probs"][:, pos], half) for r in records]
         per_word[key] = torch.stack(values).mean().item()
+        layers = dict.fromkeys(r["layer"] for r in records)
         per_word[key + "_per_layer"] = {
-            name: torch.stack([v for r, v in zip(records, values) if r["layer"] == name])
-            .mean().item() for name in dict.fromkeys(r["layer"] for r in records)}
+            name: torch.stack([v for r, v in zip(records, values)
+                               if r["layer"] == name]).mean().item()
+            for name in layers}
     per_word["mean"] = (per_word["left_word"] + per_word["right_word"]) / 2
     return per_word
 
@@ -291,7 +304,8 @@ def evaluate(model, *, guidance: float, samples: int, seed: int = 1234) -> dict:
             for key in ("left_word", "right_word", "mean")}
     return dict(judge_accuracy_on_real=judge.accuracy, samples=samples,
                 accuracy=judge_halves(judge, images, labels),
-                own_half_mass=mass, own_half_mass_per_prompt=[m["mean"] for m in masses],
+                own_half_mass=mass,
+                own_half_mass_per_prompt=[m["mean"] for m in masses],
                 own_half_mass_example=masses[0])
 
 
@@ -300,7 +314,8 @@ def main(argv=None) -> dict:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=POSITIONAL_DIR)
     for key, value in DEFAULTS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value),
+                            default=value)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -309,11 +324,12 @@ def main(argv=None) -> dict:
     latents, ids = latent_dataset(vae, pairs, prompts, seed=args.seed)
     eps_hat, losses = train(latents, ids, seed=args.seed, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr,
-                            cond_dropout=args.cond_dropout, progress=not args.no_progress)
+                            cond_dropout=args.cond_dropout,
+                            progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
     staging = args.out.with_name(args.out.name + ".partial")
-    for name, module in (("unet", eps_hat.unet), ("text_encoder", eps_hat.text_encoder)):
-        module.save_pretrained(staging / name, safe_serialization=True)
+    for name in ("unet", "text_encoder"):
+        getattr(eps_hat, name).save_pretrained(staging / name, safe_serialization=True)
     model = load(staging)
     report = dict(settings={k: getattr(args, k) for k in DEFAULTS}, grammar=GRAMMAR,
                   train_seconds=round(train_seconds, 1), torch=torch.__version__,
@@ -327,7 +343,8 @@ def main(argv=None) -> dict:
     staging.rename(args.out)
     acc, mass = report["accuracy"], report["own_half_mass"]
     print(f"trained in {train_seconds:.0f} s; judged left {acc['left']:.0%}, right "
-          f"{acc['right']:.0%}, both {acc['both']:.0%}; mass on own half {mass['mean']:.3f}")
+          f"{acc['right']:.0%}, both {acc['both']:.0%}; mass on own half "
+          f"{mass['mean']:.3f}")
     return report
 
 

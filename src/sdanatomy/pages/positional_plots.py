@@ -1,5 +1,5 @@
-"""Chapter 6's figures of the positional miniature: generated pairs with their prompts, and
-for one of them each digit word's cross-attention weight at every latent pixel.
+"""Chapter 6's figures of the positional miniature: generated pairs with their prompts,
+and for one of them each digit word's cross-attention weight at every latent pixel.
 
 Returns a :class:`matplotlib.figure.Figure` (no pyplot, no global state).
 """
@@ -14,10 +14,11 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
                      *, uniform: float | None = None) -> Figure:
     """The image (1, H, 2W) and one map (h, 2w) per word, drawn over the image's extent.
 
-    ``maps`` (K, h, w2) are the words' weights π at each latent pixel, on one colour scale
-    for all. With ``uniform`` (e.g. 1/M) the scale runs from 0 to max(2·uniform, the largest
-    weight) and is white at the uniform level, as chapter 6's first maps; without, it runs
-    from 0 to the largest weight. A dashed line splits each panel into its two halves.
+    ``maps`` (K, h, w2) are the words' weights π at each latent pixel, on one colour
+    scale for all. With ``uniform`` (e.g. 1/M) the scale runs from 0 to
+    max(2·uniform, the largest weight) and is white at the uniform level, as chapter 6's
+    first maps; without, it runs from 0 to the largest weight. A dashed line splits each
+    panel into its two halves.
     """
     if image.dim() != 3 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, H, W); got {tuple(image.shape)}")
@@ -53,12 +54,13 @@ def word_maps_figure(image: torch.Tensor, words: list[str], maps: torch.Tensor,
     return fig
 
 
-def samples_figure(images: torch.Tensor, titles: list[str], *, columns: int = 4) -> Figure:
+def samples_figure(images: torch.Tensor, titles: list[str], *,
+                   columns: int = 4) -> Figure:
     """Generated images (B, 1, H, W) in [−1, 1] on a grid, each titled (e.g. its prompt
     and the judge's reading of each half), a dashed line between the halves."""
     if images.dim() != 4 or images.shape[1] != 1 or len(titles) != len(images):
-        raise ValueError(f"one title per image (B, 1, H, W): {len(titles)} titles, images "
-                         f"{tuple(images.shape)}")
+        raise ValueError(f"one title per image (B, 1, H, W): {len(titles)} titles, "
+                         f"images {tuple(images.shape)}")
     rows = -(-len(images) // columns)
     fig = Figure(figsize=(2.3 * columns, 1.55 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
