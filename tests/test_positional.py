@@ -124,6 +124,20 @@ def test_tiny_training_run(tmp_path):
     assert images.shape == (1, 1, 16, 32)
 
 
+def test_coordinate_channels_reach_the_unet():
+    pairs, _, prompts = P.pair_dataset(4, seed=0)
+    z, ids = torch.randn(4, *P.LATENT), P.tokenize(prompts)
+    eps_hat, _ = P.train(z, ids, seed=0, steps=1, batch_size=2, lr=1e-3,
+                         cond_dropout=0.0, progress=False, coords=True)
+    assert isinstance(eps_hat, P.CoordEpsHat)
+    seen = []
+    eps_hat.unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        eps_hat(z[:1], torch.tensor([10]), ids[:1])
+    x = seen[0][0, 4]                                  # the x channel: −1 … 1 by column
+    assert torch.equal(x[0], torch.linspace(-1, 1, 16)) and torch.equal(x[0], x[-1])
+
+
 def test_shipped_weights_load_and_attention_sums_to_one():
     model = P.load()
     assert model.info["settings"]["steps"] == P.DEFAULTS["steps"]

@@ -144,11 +144,29 @@ def latent_dataset(vae, pairs: torch.Tensor, prompts, *, seed: int):
     return z, tokenize(prompts)
 
 
+class CoordEpsHat(EpsHat):
+    """ε̂ whose U-Net also reads two coordinate channels, x and y in [−1, 1]
+    (CoordConv, Liu et al. 2018): a position signal SD-1.5's U-Net does not have, tried
+    here as a way for the queries to know their half (``--coords``)."""
+
+    def forward(self, z, t, ids):
+        B, _, h, w = z.shape
+        x = torch.linspace(-1, 1, w).expand(B, 1, h, w)
+        y = torch.linspace(-1, 1, h)[:, None].expand(B, 1, h, w)
+        return self.unet(torch.cat([z, x, y], 1), t,
+                         encoder_hidden_states=self.context(ids)).sample
+
+
+def _eps_class(unet):
+    return CoordEpsHat if unet.config.in_channels == LATENT[0] + 2 else EpsHat
+
+
 def train(latents, ids, *, seed: int, steps: int, batch_size: int, lr: float,
-          cond_dropout: float, progress: bool):
+          cond_dropout: float, progress: bool, coords: bool = False):
     torch.manual_seed(seed)
-    eps_hat = EpsHat(UNet2DConditionModel(**POS_UNET_CONFIG),
-                     CLIPTextModel(CLIPTextConfig(**POS_TEXT_CONFIG)))
+    config = {**POS_UNET_CONFIG, "in_channels": LATENT[0] + (2 if coords else 0)}
+    unet = UNet2DConditionModel(**config)
+    eps_hat = _eps_class(unet)(unet, CLIPTextModel(CLIPTextConfig(**POS_TEXT_CONFIG)))
     losses = diffusion.train_noise_estimator(
         eps_hat, latents, ids, schedule=schedule(), steps=steps, batch_size=batch_size,
         lr=lr, seed=seed, cond_dropout=cond_dropout, null_cond=tokenize([""])[0],
@@ -177,7 +195,8 @@ def generate(model, prompts, *, guidance: float = 3.0, steps: int = 50, seed: in
     """Images (B, 1, 16, 32) in [−1, 1]: DDIM with SD-1.5's settings and classifier-free
     guidance in the 4×8×16 latent space, then the frozen VAE decoder."""
     ids = tokenize(prompts)
-    eps = EpsHat(model.unet, model.text_encoder, reuse_context=True).eval()
+    eps = _eps_class(model.unet)(model.unet, model.text_encoder,
+                                 reuse_context=True).eval()
     if guidance != 1.0:
         eps = diffusion.guided(eps, tokenize([""]), guidance)
     s = schedule()
@@ -316,6 +335,8 @@ def main(argv=None) -> dict:
     for key, value in DEFAULTS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value),
                             default=value)
+    parser.add_argument("--coords", action="store_true",
+                        help="give the U-Net two coordinate channels (an experiment)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -325,13 +346,14 @@ def main(argv=None) -> dict:
     eps_hat, losses = train(latents, ids, seed=args.seed, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr,
                             cond_dropout=args.cond_dropout,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, coords=args.coords)
     train_seconds = time.perf_counter() - start
     staging = args.out.with_name(args.out.name + ".partial")
     for name in ("unet", "text_encoder"):
         getattr(eps_hat, name).save_pretrained(staging / name, safe_serialization=True)
     model = load(staging)
-    report = dict(settings={k: getattr(args, k) for k in DEFAULTS}, grammar=GRAMMAR,
+    settings = {k: getattr(args, k) for k in (*DEFAULTS, "coords")}
+    report = dict(settings=settings, grammar=GRAMMAR,
                   train_seconds=round(train_seconds, 1), torch=torch.__version__,
                   threads=torch.get_num_threads(),
                   vae=vae_check(vae), loss=[round(x, 4) for x in losses],
