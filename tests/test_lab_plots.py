@@ -57,6 +57,7 @@ def test_table_prints_mean_and_range():
     text = repr(lp.table(fake_results()))
     assert "82.0 [80.0, 84.0]" in text and "(a) no skip connections" in text
     assert "120 steps a run" in text and "61×61" in text
+    assert "last 100 steps" in text               # 10 of 12 points, 10 steps each
 
 
 def test_loss_figure_draws_the_mean_over_seeds_at_the_window_centres():

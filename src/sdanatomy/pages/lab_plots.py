@@ -129,9 +129,11 @@ def table(results: dict) -> Table:
     header = ["variant", "U-Net parameters", "seeds", "final loss", "accuracy",
               "diversity", f"field {side}×{side}", "field 64×64"]
     steps = results["settings"]["steps"]
+    points = len(next(iter(results["variants"].values()))["runs"][0]["loss_curve"])
+    last = round(min(TAIL, points) * steps / points)          # steps the final loss spans
     return Table(f"The miniature lab: {steps} steps a run, mean [min, max] over seeds",
                  header, rows,
-                 notes=[f"final loss: the mean of the loss curve's last {TAIL} points; "
+                 notes=[f"final loss: the mean loss over a run's last {last} steps; "
                         f"field: attention off, GroupNorm statistics frozen, central "
                         f"output pixel"])
 
