@@ -92,8 +92,15 @@ def kernel_peak(exe: Path, threads: int, seconds: float, repeats: int) -> dict:
     about ``seconds`` each (the best, not the median: the peak is what it *can* do)."""
     out = {}
     for dtype, kind in (("float32", "f32"), ("bfloat16", "bf16")):
-        probe = _kernel_run(exe, kind, threads, 100_000)                  # calibrate
         flop_per_iter = threads * 24 * 16 * 2 * (2 if kind == "bf16" else 1)
+        # calibrate on a run long enough to time: a run of a millisecond or less can
+        # read as near zero seconds (an absurd rate, then billions of iterations)
+        probe_iters = 100_000
+        while True:
+            probe = _kernel_run(exe, kind, threads, probe_iters)
+            if flop_per_iter * probe_iters / probe >= 0.05 or probe_iters >= 10**10:
+                break
+            probe_iters *= 10
         iters = max(10_000, int(seconds * probe / flop_per_iter))
         runs = [_kernel_run(exe, kind, threads, iters) for _ in range(repeats)]
         out[dtype] = {"gflops": max(runs) / 1e9, "runs_gflops": [r / 1e9 for r in runs],
