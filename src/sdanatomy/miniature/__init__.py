@@ -63,9 +63,16 @@ def prompt(label: int, template: int = 4) -> str:
 
 def tokenize(prompts) -> torch.Tensor:
     """Prompts -> token ids (B, M): [start, words…, end, pad…], as CLIP's tokenizer lays them out."""
+    return tokenize_words(prompts, VOCAB, who="the miniature's text encoder",
+                          knows=f"the digits as words or numerals and {', '.join(VOCAB[-5:])}")
+
+
+def tokenize_words(prompts, vocab, *, who: str, knows: str) -> torch.Tensor:
+    """Prompts -> ids (B, M) over a word list ``vocab`` (id = position), CLIP's layout:
+    [start, words…, end, pad…]. ``who`` and ``knows`` word the error for an unknown word."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    index = {w: i for i, w in enumerate(VOCAB)}
+    index = {w: i for i, w in enumerate(vocab)}
     rows = []
     for p in prompts:
         if not isinstance(p, str):
@@ -73,10 +80,10 @@ def tokenize(prompts) -> torch.Tensor:
         words = p.lower().split()
         unknown = [w for w in words if w not in index or w in SPECIALS]
         if unknown:
-            raise ValueError(f"the miniature's text encoder cannot encode {unknown} in {p!r}; it knows only "
-                             f"the digits as words or numerals and {', '.join(VOCAB[-5:])}")
+            raise ValueError(f"{who} cannot encode {unknown} in {p!r}; it knows only {knows}")
         if len(words) > M - 2:
-            raise ValueError(f"a prompt has at most {M - 2} words (M = {M} tokens with start and end); got {p!r}")
+            raise ValueError(f"a prompt has at most {M - 2} words (M = {M} tokens with start "
+                             f"and end); got {p!r}")
         ids = [index["<|startoftext|>"]] + [index[w] for w in words] + [index["<|endoftext|>"]]
         rows.append(ids + [index["<|pad|>"]] * (M - len(ids)))
     return torch.tensor(rows, dtype=torch.long)

@@ -36,7 +36,7 @@ from sdanatomy.sd15.reference import (AttnProcessor, CLIPTextConfig, CLIPTextMod
 from sdanatomy.sd15.text_to_image import decode_latents
 
 from . import (IMAGE_SIZE, M, SPECIALS, TEXT_ENCODER_CONFIG, UNET_CONFIG, WEIGHTS_DIR,
-               EpsHat, schedule)
+               EpsHat, schedule, tokenize_words)
 
 POSITIONAL_DIR = Path(__file__).parent / "positional_weights"
 HEIGHT, WIDTH = IMAGE_SIZE, 2 * IMAGE_SIZE          # 16×32 pixels
@@ -60,25 +60,8 @@ def prompt(left: int, right: int) -> str:
 
 def tokenize(prompts) -> torch.Tensor:
     """Prompts -> ids (B, M): [start, words…, end, pad…], the miniature's layout."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    index = {w: i for i, w in enumerate(VOCAB)}
-    rows = []
-    for p in prompts:
-        if not isinstance(p, str):
-            raise TypeError(f"a prompt is a string; got {type(p).__name__}")
-        words = p.lower().split()
-        unknown = [w for w in words if w not in index or w in SPECIALS]
-        if unknown:
-            raise ValueError(f"the positional miniature cannot encode {unknown} in "
-                             f"{p!r}; its sentences read {GRAMMAR!r} with digits as "
-                             "words")
-        if len(words) > M - 2:
-            raise ValueError(f"a prompt has at most {M - 2} words; got {p!r}")
-        ids = ([index["<|startoftext|>"]] + [index[w] for w in words]
-               + [index["<|endoftext|>"]])
-        rows.append(ids + [index["<|pad|>"]] * (M - len(ids)))
-    return torch.tensor(rows, dtype=torch.long)
+    return tokenize_words(prompts, VOCAB, who="the positional miniature",
+                          knows=f"sentences {GRAMMAR!r} with digits as words")
 
 
 def detokenize(ids: torch.Tensor) -> str:
