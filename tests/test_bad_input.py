@@ -32,9 +32,9 @@ from sdanatomy.lecture import unet
 from sdanatomy.lecture import receptive
 from sdanatomy import sd15
 from sdanatomy.lecture.attention import multihead_attention, scaled_dot_product_attention
-from tiny_sd_folder import TINY_UNET, TINY_VAE, save_tiny_sd
 
 randn = torch.randn
+TINY_UNET, TINY_VAE = sd15.TINY_CONFIGS["unet"], sd15.TINY_CONFIGS["vae"]
 
 
 def conv_theta(C_out=4, C_in=3, k=3, dtype=torch.float32):
@@ -279,7 +279,7 @@ pytestmark = pytest.mark.usefixtures("no_local_weights")   # tests/conftest.py
 def tiny_folder(tmp_path_factory):
     """A tiny SD-shaped diffusers folder (unet, vae, text_encoder), saved by the libraries themselves."""
     root = tmp_path_factory.mktemp("tiny-sd")
-    save_tiny_sd(root)
+    sd15.write_tiny_folder(root)
     return root
 
 

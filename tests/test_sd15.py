@@ -22,9 +22,8 @@ from sdanatomy import offline
 from sdanatomy.lecture import config as lecture_config
 from sdanatomy import sd15
 
-from tiny_sd_folder import TINY_CLIP, TINY_UNET, TINY_VAE, save_tiny_sd
-
-TINY = {"unet": TINY_UNET, "vae": TINY_VAE, "text_encoder": TINY_CLIP}
+TINY = sd15.TINY_CONFIGS        # the tiny folder's: SD-1.5's classes at toy widths
+TINY_UNET, TINY_VAE, TINY_CLIP = TINY["unet"], TINY["vae"], TINY["text_encoder"]
 BUILDERS = {"unet": sd15.build_unet, "vae": sd15.build_vae, "text_encoder": sd15.build_text_encoder}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -47,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("no_local_weights")   # tests/conftest.py
 def tiny_sd(tmp_path_factory):
     """A tiny SD-shaped diffusers folder, saved by the libraries themselves; and its state dicts."""
     root = tmp_path_factory.mktemp("tiny-sd")
-    modules = save_tiny_sd(root)
+    modules = sd15.write_tiny_folder(root)
     return root, {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
 
 
@@ -180,6 +179,46 @@ def test_full_text_encoder_buffers_match_normal_construction():
 def test_builder_arguments_are_checked(kwargs, error, message):
     with pytest.raises(error, match=message):
         sd15.build_vae(TINY_VAE, **kwargs)
+
+
+# ---------------------------------------------------------------- the tiny folder
+def test_tiny_folder_holds_the_constructors_modules_as_safetensors(tiny_sd, tmp_path):
+    """The reference: the libraries' own constructors after torch.manual_seed(0), in
+    write_tiny_folder's documented order; the files: what save_pretrained writes."""
+    root, saved = tiny_sd
+    torch.manual_seed(0)
+    reference = {"unet": UNet2DConditionModel(**TINY_UNET),
+                 "vae": AutoencoderKL(**TINY_VAE),
+                 "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_CLIP))}
+    for c, module in reference.items():
+        assert_state_dicts_equal(module, saved[c])
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["text_encoder/config.json", "text_encoder/model.safetensors",
+                     "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                     "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    torch.manual_seed(7)
+    before = torch.rand(3)
+    torch.manual_seed(7)
+    sd15.write_tiny_folder(tmp_path / "again", seed=1)
+    assert torch.equal(torch.rand(3), before), "the caller's random stream is untouched"
+
+
+@pytest.mark.parametrize("where, kwargs, error, message", [
+    ("full", {}, ValueError, "exists and is not an empty folder"),
+    ("file", {}, ValueError, "exists and is not an empty folder"),
+    ("new", dict(seed=0.5), TypeError, "seed must be an int"),
+])
+def test_tiny_folder_refuses_a_used_path_and_a_bad_seed(tmp_path, where, kwargs, error,
+                                                         message):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(error, match=message):
+        sd15.write_tiny_folder(tmp_path / where, **kwargs)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(TypeError, match="str or a Path"):
+        sd15.write_tiny_folder(3)
 
 
 # ---------------------------------------------------------------- loading real weights

@@ -27,6 +27,7 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from sdanatomy.lecture.config import TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 
@@ -185,6 +186,59 @@ def build_text_encoder(config=TEXT_ENCODER_CONFIG, *, seed=0, device=None, dtype
                        weights="random"):
     """CLIP ViT-L/14's text tower, §5: token ids (B, 77) -> c (B, 77, 768). Arguments as build_unet."""
     return _build("text_encoder", config, seed=seed, device=device, dtype=dtype, weights=weights)
+
+
+# ---------------------------------------------------------------- a tiny folder to load
+# SD-1.5's three classes at toy widths (SD-1.5's own sizes live in lecture/config.py).
+TINY_CONFIGS = {
+    "unet": dict(block_out_channels=(32, 64), layers_per_block=1,
+                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), in_channels=4,
+                 out_channels=4, sample_size=16),
+    "vae": dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32),
+    "text_encoder": dict(vocab_size=100, hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16, hidden_act="quick_gelu",
+                         projection_dim=32, bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1),
+}
+
+
+def write_tiny_folder(path, *, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Write a tiny SD-shaped diffusers folder at ``path``; return its three modules.
+
+    ``path/unet``, ``path/vae`` and ``path/text_encoder`` each get a ``config.json`` and
+    the weights as ``.safetensors``, written by the libraries' own ``save_pretrained``:
+    the layout of SD-1.5's folder, so :func:`load` reads it by the one path real weights
+    take. The modules are SD-1.5's classes at :data:`TINY_CONFIGS`' toy widths (about
+    6 MB of weights, written in a second, where SD-1.5's take 4 GB), built by the
+    libraries' own constructors, in this order, after ``manual_seed(seed)``: the same
+    seed writes the same tensors. The caller's random stream is left untouched, and
+    transformers' progress bar stays off while it writes. ``path`` must not exist yet
+    or be an empty folder.
+    """
+    _check_args(torch.float32, seed, "cpu")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a Path; got {type(path).__name__}")
+    root = Path(path)
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        raise ValueError(f"{root}: exists and is not an empty folder; write the tiny "
+                         f"model to a new or empty one")
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        modules = {c: _construct(c, TINY_CONFIGS[c]) for c in COMPONENTS}
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # a bar for a 70 kB file is only noise
+    try:
+        for component, module in modules.items():
+            module.save_pretrained(root / component, safe_serialization=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    return modules
 
 
 # ---------------------------------------------------------------- reading real weights
