@@ -6,6 +6,7 @@ Parameter differences are compared with closed forms from the configurations, no
 count of the code under test.
 """
 import json
+import statistics
 
 import pytest
 import torch
@@ -199,3 +200,25 @@ def test_a_failed_lab_leaves_the_old_results(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "results.json").read_text()) == {"old": True}
     partial = json.loads((tmp_path / "results.json.partial").read_text())
     assert list(partial["variants"]) == ["half"]
+
+
+def test_the_stored_rerun_of_the_baseline_lies_within_the_stored_seed_spread():
+    """Issue 16's reproduction check, on the two stored files: the lab command run again
+    (lab_results/rerun_baseline.json) used the stored lab's settings, and its mean over
+    seeds lies within the stored range over seeds [min, max] of the final loss (a
+    curve's last 10 points' mean, as the page defines it) and of the judged accuracy."""
+    stored = json.loads((lab.RESULTS_DIR / "results.json").read_text())
+    rerun = json.loads((lab.RESULTS_DIR / "rerun_baseline.json").read_text())
+    for key in ("steps", "batch_size", "lr"):
+        assert rerun["settings"][key] == stored["settings"][key], key
+    drop_seeds = lambda settings: {k: v for k, v in settings.items() if k != "seeds"}
+    assert drop_seeds(rerun["settings"]) == drop_seeds(stored["settings"])
+    assert rerun["variants"] and "sdanatomy.miniature.lab" in rerun["rerun"]["command"]
+    measures = {"final loss": lambda run: statistics.fmean(run["loss_curve"][-10:]),
+                "accuracy": lambda run: run["conditional_accuracy"]}
+    for name, entry in rerun["variants"].items():
+        assert len(entry["runs"]) >= 2, "a mean over one seed says little"
+        for measure, value in measures.items():
+            spread = [value(run) for run in stored["variants"][name]["runs"]]
+            mean = statistics.fmean(value(run) for run in entry["runs"])
+            assert min(spread) <= mean <= max(spread), (name, measure, mean, spread)

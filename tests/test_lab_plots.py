@@ -101,3 +101,34 @@ def test_reproduction_compares_with_the_shipped_training(tmp_path):
         0.01, rel=1e-9, abs=0)                       # 80.8 against 80: float division
     verdict = repr(lp.verdict_table(results))
     assert "(a) no skip connections  higher" in verdict
+
+
+def test_rerun_table_places_each_rerun_in_the_stored_range():
+    results = fake_results()                   # baseline: loss 80–84, accuracy 0.5–0.7
+    same = json.loads(json.dumps(results["variants"]["baseline"]["runs"][0]))
+    same["train_seconds"] = 9.0                # the time may differ; nothing else
+    near = fake_run(1, 0.6, 1.2, [100.0] * 2 + [83.0] * 10)
+    rerun = dict(settings=dict(results["settings"], seeds=[0, 1]), threads=1,
+                 variants={"baseline": dict(runs=[same, near])})
+    rows = lp.rerun_rows(results, rerun)
+    assert [(r["seed"], r["identical"], r["loss"], r["accuracy"]) for r in rows] == [
+        (0, True, (80.0, 80.0), (0.5, 0.5)), (1, False, (84.0, 83.0), (0.7, 0.6))]
+    assert all(r["loss_within"] and r["accuracy_within"] for r in rows)
+    table = lp.rerun_table(results, rerun)
+    assert table.all_ok and "identical" in repr(table) and "-1.0e+00" in repr(table)
+    assert "final loss [80.0000, 84.0000], accuracy [0.50, 0.70]" in repr(table)
+    near["loss_curve"] = [100.0] * 2 + [85.0] * 10          # above the stored 84
+    assert not lp.rerun_table(results, rerun).all_ok
+    assert not lp.rerun_rows(results, rerun)[1]["loss_within"]
+
+
+def test_rerun_with_other_settings_or_seeds_is_refused():
+    results = fake_results()
+    run = fake_run(0, 0.5, 1.0, [80.0] * 12)
+    other = dict(settings=dict(steps=60), variants={"baseline": dict(runs=[run])})
+    with pytest.raises(ValueError, match="other settings than the stored lab: steps"):
+        lp.rerun_rows(results, other)
+    unseen = dict(settings=dict(steps=120), variants={"baseline": dict(
+        runs=[fake_run(5, 0.5, 1.0, [80.0] * 12)])})
+    with pytest.raises(ValueError, match="no run of baseline, seed 5"):
+        lp.rerun_rows(results, unseen)

@@ -17,6 +17,7 @@ from sdanatomy.miniature import WEIGHTS_DIR
 from sdanatomy.miniature.lab import RESULTS_DIR, curve
 
 TAIL = 10            # the final loss: the mean of the loss curve's last TAIL points
+RERUN = RESULTS_DIR / "rerun_baseline.json"      # the lab command, run again (ch07b)
 LABELS = {
     "baseline": "baseline (SD-1.5's shape)", "no_skip": "(a) no skip connections",
     "no_self": "(b) no self-attention", "no_cross": "(c) no cross-attention",
@@ -110,6 +111,70 @@ def reproduction(results: dict, training: Path | str | None = None) -> float:
     ours = run["loss_curve"]
     theirs = curve(shipped["unet_loss"][:results["settings"]["steps"]], len(ours))
     return max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
+
+
+def rerun_rows(results: dict, rerun: dict) -> list[dict]:
+    """Each run of ``rerun`` beside the stored run of the same variant and seed: final
+    loss and accuracy, stored and rerun; whether the rerun lies within the stored range
+    over seeds; whether the two runs are identical (every number but the time)."""
+    ours = {k: v for k, v in results["settings"].items() if k != "seeds"}
+    theirs = {k: v for k, v in rerun["settings"].items() if k != "seeds"}
+    if ours != theirs:
+        other = sorted(k for k in ours.keys() | theirs.keys()
+                       if ours.get(k) != theirs.get(k))
+        raise ValueError(f"the rerun used other settings than the stored lab: "
+                         f"{', '.join(other)}")
+    s, rows = summary(results), []
+    for name, entry in rerun["variants"].items():
+        runs = results["variants"].get(name, {}).get("runs", [])
+        stored = {r["seed"]: r for r in runs}
+        for run in entry["runs"]:
+            if run["seed"] not in stored:
+                raise ValueError(f"the stored lab has no run of {name}, seed "
+                                 f"{run['seed']}, to compare with")
+            old = stored[run["seed"]]
+            row = dict(variant=name, seed=run["seed"], identical=all(
+                old[k] == v for k, v in run.items() if k != "train_seconds"))
+            for measure, value in (("loss", final_loss), ("accuracy",
+                                   lambda r: r["conditional_accuracy"])):
+                _, lo, hi = s[name][measure]
+                row[measure] = (value(old), value(run))
+                row[f"{measure}_within"] = lo <= value(run) <= hi
+            rows.append(row)
+    return rows
+
+
+def rerun_table(results: dict, rerun: dict) -> Table:
+    """:func:`rerun_rows` as the page's table of checks: each rerun within the stored
+    range over seeds, of final loss and of accuracy."""
+    rows = rerun_rows(results, rerun)
+
+    def pair(values, fmt):
+        old, new = values
+        return [f"{old:{fmt}}", f"{new:{fmt}}", f"{new - old:+.1e}"]
+
+    cells = [[r["variant"], str(r["seed"])] + pair(r["loss"], ".4f")
+             + pair(r["accuracy"], ".2f")
+             + ["yes" if r["loss_within"] and r["accuracy_within"] else "NO",
+                "identical" if r["identical"] else "differs"] for r in rows]
+    s = summary(results)
+    notes = [f"stored range over seeds {s[n]['seeds']}, {n}: final loss "
+             f"[{s[n]['loss'][1]:.4f}, {s[n]['loss'][2]:.4f}], accuracy "
+             f"[{s[n]['accuracy'][1]:.2f}, {s[n]['accuracy'][2]:.2f}]"
+             for n in dict.fromkeys(r["variant"] for r in rows)]
+    def machine(r):
+        return f"torch {r.get('torch', '?')}, {r.get('threads', '?')} thread(s)"
+
+    made = rerun.get("rerun", {})
+    notes.append(f"stored lab: {machine(results)}; rerun: {machine(rerun)}"
+                 + (f", {made['date']}" if made else ""))
+    if made:
+        notes.append(f"rerun command: {made['command']}")
+    return Table("Does the lab reproduce? The stored runs and a rerun",
+                 ["variant", "seed", "loss stored", "rerun", "Δ", "accuracy stored",
+                  "rerun", "Δ", "within the range", "stored numbers"], cells,
+                 notes=notes, ok=all(r["loss_within"] and r["accuracy_within"]
+                                     for r in rows))
 
 
 def _cell(spread, fmt: str) -> str:
