@@ -99,7 +99,8 @@ def _pipeline_images(model, prompts, *, scheduler, guidance, steps, seed, negati
 def test_loop_is_diffusers_pipeline(tiny, scheduler):
     prompts = ["a red cube", "a blue sphere on a table"]
     ours = text_to_image(tiny, prompts, negative_prompt="blurry", guidance=7.5, steps=6, seed=4,
-                         scheduler=scheduler, device="cpu", progress=False)
+                         scheduler=scheduler, device="cpu", precision="float32",
+                         progress=False)
     theirs = _pipeline_images(tiny, prompts, scheduler=scheduler, guidance=7.5, steps=6, seed=4,
                               negative_prompt="blurry")
     assert ours.images.shape == theirs.shape == (2, 3, 64, 64)
@@ -109,7 +110,8 @@ def test_loop_is_diffusers_pipeline(tiny, scheduler):
 
 
 def test_result_and_kept_states(tiny):
-    gen = text_to_image(tiny, "a cat", steps=4, keep_every=2, device="cpu", progress=False, height=32, width=48)
+    gen = text_to_image(tiny, "a cat", steps=4, keep_every=2, device="cpu",
+                        precision="float32", progress=False, height=32, width=48)
     assert isinstance(gen, Generation)
     assert gen.images.shape == (1, 3, 32, 48) and gen.latents.shape == (1, 4, 4, 6)
     assert 0 <= gen.images.min() and gen.images.max() <= 1
@@ -122,7 +124,8 @@ def test_result_and_kept_states(tiny):
 
 
 def test_seed_and_guidance(tiny):
-    run = lambda **kw: text_to_image(tiny, "a cat", steps=2, device="cpu", progress=False, **kw).images
+    run = lambda **kw: text_to_image(tiny, "a cat", steps=2, device="cpu",
+                                     precision="float32", progress=False, **kw).images
     assert torch.equal(run(seed=5), run(seed=5))
     assert not torch.equal(run(seed=5), run(seed=6))
     # w = 1 skips the unconditional half: the same as the guided formula at w = 1
@@ -152,7 +155,8 @@ def mini():
 def test_miniature_reproduces_its_own_sampler(mini):
     prompts = [miniature.prompt(d) for d in range(10)]
     reference = miniature.generate(mini, prompts, guidance=3.0, steps=20, seed=0)          # [−1, 1]
-    gen = text_to_image(mini, prompts, guidance=3.0, steps=20, seed=0, device="cpu", progress=False)
+    gen = text_to_image(mini, prompts, guidance=3.0, steps=20, seed=0, device="cpu",
+                        precision="float32", progress=False)
     assert gen.images.shape == (10, 1, 16, 16)
     # same DDIM (diffusers' float32 coefficients vs freedom's float64 ones), same z_T
     err = ((reference + 1) / 2 - gen.images).abs().max().item()
@@ -161,7 +165,7 @@ def test_miniature_reproduces_its_own_sampler(mini):
 
 def test_miniature_layout_first(mini):
     gen = text_to_image(mini, ["a handwritten three"] * 4, guidance=3.0, steps=20, seed=3, keep_every=4,
-                        device="cpu", progress=False)
+                        device="cpu", precision="float32", progress=False)
     rows = settling(mini, gen, cutoff=2.0)
     # §5.1: at every kept step the coarse structure is nearer to its final value than the details
     assert all(r["low"] < r["high"] for r in rows), rows
@@ -176,7 +180,8 @@ def arch():
     gc.collect()
 
 
-ARCH_RUN = dict(height=64, width=64, steps=2, seed=0, device="cpu", progress=False)
+ARCH_RUN = dict(height=64, width=64, steps=2, seed=0, device="cpu", precision="float32",
+                progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +202,8 @@ def test_book_unet_gives_the_same_images(arch, arch_run):
 
 
 def test_book_unet_on_the_miniature(mini):
-    kw = dict(guidance=3.0, steps=10, seed=0, device="cpu", progress=False)
+    kw = dict(guidance=3.0, steps=10, seed=0, device="cpu", precision="float32",
+              progress=False)
     a = text_to_image(mini, ["a handwritten two", "a handwritten five"], unet="diffusers", **kw)
     b = text_to_image(mini, ["a handwritten two", "a handwritten five"], unet="book", **kw)
     err = (a.images - b.images).abs().max().item()   # as above

@@ -14,13 +14,15 @@ the lecture draws it:
 The U-Net is diffusers' module (``unet="diffusers"``) or the book's pure function
 ``sdanatomy.lecture.unet.unet(theta, z, t, context)`` on the same Θ (``unet="book"``). The same function
 runs SD-1.5 (real weights: real images; architecture only: noise) and the miniature model of
-``sdanatomy.miniature`` (real digits on a CPU). On CUDA it runs in float16, on the CPU in float32.
+``sdanatomy.miniature`` (real digits on a CPU).
 
-``precision="auto"`` picks the machine's fast path (:func:`choose_precision` says why):
-on a CPU with native bf16 (AVX-512 BF16 or AMX, as oneDNN reports it) the U-Net and the
-VAE run in bfloat16 with channels_last, the latent state and the scheduler stay in
-float32; elsewhere float32; on CUDA float16. ``compile=True`` adds ``torch.compile`` to
-the U-Net (off by default).
+The default ``precision="auto"`` picks the machine's fast path (:func:`choose_precision`
+says why): on CUDA float16; on a CPU with native bf16 (AVX-512 BF16 or AMX, as oneDNN
+reports it) the U-Net and the VAE of a model of SD-1.5's size run in bfloat16 with
+channels_last, the latent state and the scheduler stay in float32; elsewhere, and for
+small models such as the miniature, float32. ``precision="float32"`` is the exact
+float32 loop that the book's pages compare with diffusers bit for bit.
+``compile=True`` adds ``torch.compile`` to the U-Net (off by default).
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ from sdanatomy.sd15.reference import DDIMScheduler, PNDMScheduler
 UNETS = ("diffusers", "book")
 SCHEDULERS = ("ddim", "pndm")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# "auto" keeps a CPU U-Net of fewer parameters in float32: its steps are many small
+# operations whose fixed costs (dispatch, casts, layout changes), not arithmetic, set
+# the time, so bf16 would cost accuracy for no speed. SD-1.5's U-Net has 860 M,
+# the miniature's 0.8 M.
+BF16_MIN_PARAMS = 10_000_000
 
 
 @dataclass
@@ -161,13 +168,26 @@ def _device_dtype(device, dtype):
     return device, dtype
 
 
+def bf16_evidence(onednn: bool, flags) -> tuple[bool, str]:
+    """(native bf16, the evidence) from what the machine says: ``onednn``, whether
+    oneDNN reports native bf16 (AVX-512 BF16 or AMX), and ``flags``, the CPU's
+    /proc/cpuinfo flags (where oneDNN is absent, avx512_bf16 or amx_bf16 decide)."""
+    if onednn:
+        return True, "oneDNN reports native bf16 on this CPU"
+    found = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+    if found:
+        return True, f"/proc/cpuinfo lists {', '.join(found)}"
+    return False, ("neither oneDNN nor /proc/cpuinfo reports native bf16 (AVX-512 BF16 "
+                   "or AMX)")
+
+
 def cpu_has_bf16() -> tuple[bool, str]:
-    """(does this CPU compute bf16 natively, the evidence): oneDNN's own check (AVX-512
-    BF16 or AMX), else the /proc/cpuinfo flags avx512_bf16 / amx_bf16."""
+    """:func:`bf16_evidence` for this machine: oneDNN's own check, /proc/cpuinfo's
+    flags."""
+    onednn = False
     try:
-        mkldnn = torch.backends.mkldnn.is_available()
-        if mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return True, "oneDNN reports native bf16 on this CPU"
+        onednn = bool(torch.backends.mkldnn.is_available()
+                      and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         pass
     try:
@@ -176,19 +196,20 @@ def cpu_has_bf16() -> tuple[bool, str]:
                           if ln.startswith("flags")), [])
     except OSError:
         flags = []
-    found = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
-    if found:
-        return True, f"/proc/cpuinfo lists {', '.join(found)}"
-    return False, ("neither oneDNN nor /proc/cpuinfo reports native bf16 (AVX-512 BF16 "
-                   "or AMX)")
+    return bf16_evidence(onednn, flags)
 
 
-def choose_precision(device, precision: str = "auto") -> tuple[torch.dtype, str]:
+def choose_precision(device, precision: str = "auto", *, unet_params: int | None = None,
+                     bf16: tuple[bool, str] | None = None) -> tuple[torch.dtype, str]:
     """The U-Net's and VAE's dtype for ``precision`` on ``device``, and why.
 
-    "auto": CUDA -> float16; a CPU with native bf16 (:func:`cpu_has_bf16`) -> bfloat16
-    (about twice float32's speed there: half the bytes, twice the FMA rate); any other
-    CPU -> float32 (emulated bf16 is slower than float32). "float32", "bfloat16" and
+    "auto": CUDA -> float16, as before "auto" existed and as SD-1.5 is usually run on a
+    GPU, whatever the model's size; on the CPU, a U-Net of fewer than
+    ``BF16_MIN_PARAMS`` parameters (``unet_params``; None: not known, no size rule) ->
+    float32, since bf16 would cost accuracy for no speed; otherwise, with native bf16
+    (``bf16``: (native, evidence), default :func:`cpu_has_bf16`) -> bfloat16 (about
+    twice float32's speed there: half the bytes, twice the FMA rate), without it ->
+    float32 (emulated bf16 is slower than float32). "float32", "bfloat16" and
     "float16" force that dtype; float16 is refused on the CPU (no fast kernels there).
     """
     if precision not in PRECISIONS:
@@ -203,19 +224,18 @@ def choose_precision(device, precision: str = "auto") -> tuple[torch.dtype, str]
         return torch.float16, "CUDA: float16, as SD-1.5 is usually run on a GPU"
     if device.type != "cpu":
         return torch.float32, f"{device.type}: float32 (no fast path known for it)"
-    native, why = cpu_has_bf16()
+    if unet_params is not None and unet_params < BF16_MIN_PARAMS:
+        return torch.float32, (f"float32: a U-Net of {unet_params / 1e6:.2f} M "
+                               f"parameters (under {BF16_MIN_PARAMS / 1e6:.0f} M) "
+                               "gains nothing from bf16")
+    native, why = cpu_has_bf16() if bf16 is None else bf16
     if native:
         return torch.bfloat16, f"bfloat16 with channels_last: {why}"
     return torch.float32, f"float32: {why}"
 
 
-def _fast(module, device, dtype, compile):
-    """The module for the fast path: channels_last for bf16 on the CPU (oneDNN's bf16
-    convolutions read NHWC), and ``torch.compile`` with frozen weights when asked."""
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        module.to(memory_format=torch.channels_last)
-    if not compile:
-        return module
+def _compiled(module):
+    """``torch.compile`` with frozen weights."""
     import torch._inductor.config as inductor
 
     inductor.freezing = True      # weights as constants, folded into the kernels
@@ -225,7 +245,7 @@ def _fast(module, device, dtype, compile):
 # ---------------------------------------------------------------- the loop
 def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="diffusers", guidance=7.5,
                   steps=50, height=None, width=None, seed=0, device=None, dtype=None, keep_every=0,
-                  progress=True, scheduler="ddim", precision=None,
+                  progress=True, scheduler="ddim", precision="auto",
                   compile=False) -> Generation:
     """Images for ``prompts``, §5: SD-1.5's text-to-image loop with classifier-free guidance.
 
@@ -244,18 +264,23 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         SD-1.5, 16 for the miniature).
     seed: z_T is drawn from a CPU ``torch.Generator`` seeded with it, then moved to the device, so
         that a seed starts from the same noise on every device.
-    device, dtype: default CUDA in float16 when available, else the CPU in float32.
-    precision: None (the default: ``dtype`` as above, exactly the loop the book's pages
-        run), or "auto" (the fast path this machine supports, :func:`choose_precision`),
-        "float32", "bfloat16", "float16" (then leave ``dtype`` out; a ``dtype`` given
-        with "auto" wins, as without a precision). With bfloat16 on
-        the CPU the U-Net and the VAE run in bf16 with channels_last; the text encoder,
-        the latent z_t, guidance and the scheduler stay in float32 (bf16's 8-bit
-        mantissa would round the small steps of z_t away). ``settings["why_precision"]``
-        says why. The cast is in place, like ``dtype``'s: bf16 rounds the weights, so
-        load the model again to get exact float32 back.
+    device: default CUDA when available, else the CPU.
+    precision: "auto" (the default: the fast path this machine supports for this model,
+        :func:`choose_precision`: float16 on CUDA; on a CPU with native bf16, bfloat16
+        for a U-Net of SD-1.5's size and float32 for one as small as the miniature's;
+        float32 elsewhere), or "float32", "bfloat16", "float16" to force one.
+        "float32" is the exact float32 loop (contiguous layout, every tensor float32)
+        that the book's pages compare with diffusers bit for bit. With bfloat16 on the
+        CPU the U-Net and the VAE run in bf16 with channels_last; the text encoder, the
+        latent z_t, guidance and the scheduler stay in float32 (bf16's 8-bit mantissa
+        would round the small steps of z_t away). ``settings["why_precision"]`` says
+        why. The cast is in place: bf16 rounds the weights, so load the model again to
+        get exact float32 back.
+    dtype: instead of a precision, every module and z_t in this dtype (float16 is
+        refused on the CPU); it outranks the default "auto" and is refused beside any
+        other precision.
     compile: ``torch.compile`` the diffusers U-Net (frozen weights; the first step
-        compiles: worth it for many steps only). Off by default.
+        compiles: worth it for many steps only). Off by default; not with ``dtype``.
     keep_every: keep (z_t, x̂_0) every that many steps (0: none), for :func:`decode_latents`.
     scheduler: "ddim" (deterministic DDIM, η = 0) or "pndm" (SD-1.5's shipped default, PLMS).
     """
@@ -266,30 +291,33 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
                                 keep_every, scheduler)
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False; got {compile!r}")
-    if precision is not None and precision not in PRECISIONS:
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    if dtype is not None and precision not in (None, "auto"):
+    if dtype is not None and precision != "auto":
         raise ValueError("give precision or dtype, not both")
-    fast = precision is not None and dtype is None    # a dtype given outranks "auto"
+    fast = dtype is None                          # a dtype given outranks "auto"
     if compile and not fast:
-        raise ValueError("compile=True belongs to the fast path: give a precision (and "
-                         "no dtype)")
+        raise ValueError("compile=True belongs to the fast path: leave dtype out "
+                         "(give a precision instead)")
     if not fast:
         device, dtype = _device_dtype(device, dtype)
-        why, state_dtype, dtypes = f"dtype {dtype} (no precision asked for)", dtype, {}
-        for c in ("unet", "vae"):      # undo an earlier fast path's channels_last
-            getattr(model, c).to(memory_format=torch.contiguous_format)
+        why, state_dtype, dtypes = f"dtype {dtype} was given", dtype, {}
     else:
         device, _ = _device_dtype(device, None)
-        dtype, why = choose_precision(device, precision)
+        n_params = sum(p.numel() for p in model.unet.parameters())
+        dtype, why = choose_precision(device, precision, unet_params=n_params)
         # bf16 computes the networks only: the text encoder and z_t stay float32
         state_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
         dtypes = {"text_encoder": state_dtype}
+    # oneDNN's bf16 convolutions read channels_last (NHWC); everything else runs
+    # contiguous, which also undoes an earlier bf16 run's layout
+    cpu_bf16 = device.type == "cpu" and dtype == torch.bfloat16
+    fmt = torch.channels_last if cpu_bf16 else torch.contiguous_format
+    for c in ("unet", "vae"):
+        getattr(model, c).to(memory_format=fmt)
     for c in sd15.COMPONENTS:   # torch's own .to (diffusers' override warns on every cast)
         torch.nn.Module.to(getattr(model, c), device=device,
                            dtype=dtypes.get(c, dtype)).eval()
-    if fast:
-        _fast(model.vae, device, dtype, False)
     tokenize = tokenizer if tokenizer is not None else default_tokenizer(model)
     B, f, w = len(prompts), vae_factor(model.vae), float(guidance)
     guided = w != 1.0
@@ -310,11 +338,11 @@ def text_to_image(model, prompts, *, negative_prompt="", tokenizer=None, unet="d
         if not fast:
             eps_hat = (_book_unet if unet == "book" else _diffusers_unet)(model.unet)
         else:
-            module = _fast(model.unet, device, dtype, compile and unet == "diffusers")
+            module = model.unet
+            if compile and unet == "diffusers":
+                module = _compiled(module)
             net = (_book_unet if unet == "book" else _diffusers_unet)(module)
             c_net = context.to(dtype)                               # (2B, M, d_ctx)
-            cpu_bf16 = device.type == "cpu" and dtype == torch.bfloat16
-            fmt = torch.channels_last if cpu_bf16 else torch.contiguous_format
             eps_hat = lambda z, t, c: net(z.to(dtype).contiguous(memory_format=fmt), t,
                                           c_net).to(state_dtype)
 
