@@ -10,9 +10,14 @@ matmuls (oneDNN for bf16), and says so. A large float32 ``torch.mm`` is *not* th
 on an AMD CPU it runs MKL's slower path (about a third of the FMA limit here).
 
 The theoretical figure is cores × clock × FLOP per cycle. The clock is the one
-/proc/cpuinfo reports (under a hypervisor the nominal one: a boosting core exceeds it).
-FLOP per cycle per core assumes Zen 5's two 512-bit FMA pipes: float32 2 × 16 lanes × 2
-(multiply, add) = 64; bf16 ``vdpbf16ps`` does two products per float32 lane, 128.
+/proc/cpuinfo reports ("cpu MHz" of the first core; under a hypervisor the nominal
+clock: a boosting core exceeds it, and the report gives the clock the measurement
+implies). FLOP per cycle per core comes from the core that /proc/cpuinfo's "cpu family"
+and "model" name (:func:`flop_per_cycle`): two FMA pipes, each 16 float32 lanes wide
+(Zen 5's server and desktop parts, Intel's AVX-512 servers: 2 × 16 × 2 (multiply, add) =
+64) or 8 (Zen 4, which runs a 512-bit FMA as two 256-bit halves: 32); bf16
+``vdpbf16ps`` does two products per float32 lane, twice that. For any other core the
+theoretical figure is "unknown", not a guess.
 """
 from __future__ import annotations
 
@@ -30,20 +35,77 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "peak.c"
-FLOP_PER_CYCLE = {"float32": 64, "bfloat16": 128}   # per core: two 512-bit FMA pipes
-ASSUMPTION = ("two 512-bit FMA pipes per core (Zen 5): float32 2 × 16 lanes × 2 = 64 "
-              "FLOP per cycle, bf16 (vdpbf16ps, two products per lane) 128")
+# AMD: the model ranges of Linux's arch/x86/kernel/cpu/amd.c (X86_FEATURE_ZEN4, ZEN5)
+ZEN4 = (0x19, [(0x10, 0x1F), (0x60, 0xAF)])
+# Zen 5 with full 512-bit datapaths: EPYC 9005 (Turin) and Ryzen 9000 (Granite Ridge);
+# the mobile Zen 5 models (0x20-0x2F, 0x60-0x7F) are left out: some of them run
+# 512-bit operations as two halves
+ZEN5_FULL_WIDTH = (0x1A, [(0x00, 0x1F), (0x40, 0x4F)])
+# Intel (family 6): AVX-512 server cores with two 512-bit FMA units in every part
+INTEL_TWO_FMA = {0x6A: "Ice Lake-SP", 0x8F: "Sapphire Rapids", 0xCF: "Emerald Rapids",
+                 0xAD: "Granite Rapids"}
+
+
+def _in(family, model, table) -> bool:
+    fam, ranges = table
+    return family == fam and any(lo <= model <= hi for lo, hi in ranges)
+
+
+def flop_per_cycle(family: int | None, model: int | None, flags) -> dict | None:
+    """FLOP per cycle per core of the core that ("cpu family", "model", flags) name:
+    {"float32": n, "bfloat16": n (None where not known), "core": which, and why}, or
+    None for a core this table does not know (the theoretical figure is then
+    unknown)."""
+    flags = set(flags)
+    bf16 = "avx512_bf16" in flags
+    if family is None or model is None:
+        return None
+    if _in(family, model, ZEN4):
+        return {"float32": 32, "bfloat16": 64 if bf16 else None,
+                "core": "Zen 4 (family 25): two FMA pipes of 8 float32 lanes (a "
+                        "512-bit FMA runs as two 256-bit halves): 2 × 8 × 2 = 32 FLOP "
+                        "per cycle, bf16 (vdpbf16ps, two products per lane) 64"}
+    if _in(family, model, ZEN5_FULL_WIDTH) and "avx512f" in flags:
+        return {"float32": 64, "bfloat16": 128 if bf16 else None,
+                "core": "Zen 5 (family 26), full 512-bit datapaths: two FMA pipes of "
+                        "16 float32 lanes: 2 × 16 × 2 = 64 FLOP per cycle, bf16 "
+                        "(vdpbf16ps) 128"}
+    if family == 6 and model in INTEL_TWO_FMA and "avx512f" in flags:
+        return {"float32": 64, "bfloat16": None,
+                "core": f"Intel {INTEL_TWO_FMA[model]}: two 512-bit FMA units: 2 × 16 "
+                        "× 2 = 64 FLOP per cycle; bf16's rate not known here"}
+    return None
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first core's fields of /proc/cpuinfo (empty where there is none)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def cpu_identity() -> dict:
+    """vendor, "cpu family", "model" (None where not reported) and flags."""
+    info = _cpuinfo()
+    number = lambda key: int(info[key]) if info.get(key, "").isdigit() else None
+    return {"vendor": info.get("vendor_id"), "family": number("cpu family"),
+            "model": number("model"), "flags": cpu_flags()}
+
+
+CLOCK_SOURCE = ('/proc/cpuinfo\'s "cpu MHz" (under a hypervisor the nominal clock; a '
+                'boosting core runs faster)')
 
 
 def clock_ghz() -> float | None:
@@ -58,11 +120,17 @@ def clock_ghz() -> float | None:
 
 
 def theoretical(cores: int) -> dict:
-    ghz = clock_ghz()
-    out = {"cores": cores, "clock_ghz": ghz, "flop_per_cycle": FLOP_PER_CYCLE,
-           "assumption": ASSUMPTION}
-    if ghz:
-        out["gflops"] = {k: cores * ghz * v for k, v in FLOP_PER_CYCLE.items()}
+    """cores × clock × FLOP per cycle, for the dtypes whose FLOP per cycle is known."""
+    ghz, cpu = clock_ghz(), cpu_identity()
+    table = flop_per_cycle(cpu["family"], cpu["model"], cpu["flags"])
+    known = {k: v for k, v in (table or {}).items() if k != "core" and v}
+    ident = f"family {cpu['family']}, model {cpu['model']}"
+    out = {"cores": cores, "clock_ghz": ghz, "clock_source": CLOCK_SOURCE,
+           "family": cpu["family"], "model": cpu["model"], "flop_per_cycle": known,
+           "assumption": (f"{table['core']} ({ident})" if table else
+                          f"unknown: no FLOP-per-cycle figure for {ident}")}
+    if ghz and known:
+        out["gflops"] = {k: cores * ghz * v for k, v in known.items()}
     return out
 
 
@@ -147,12 +215,14 @@ def measure(*, threads: int | None = None, quick: bool = False) -> dict:
                             "compiler or no AVX-512 BF16: the FMA kernel did not run)")
         result["measured"] = {k: {"gflops": v["gflops"]}
                               for k, v in result["matmul"].items()}
-    th = result["theoretical"].get("gflops", {})
+    th = result["theoretical"]
     for dtype, m in result["measured"].items():
-        if dtype in th:
-            m["of_theoretical"] = m["gflops"] / th[dtype]
+        if dtype in th.get("gflops", {}):
+            m["of_theoretical"] = m["gflops"] / th["gflops"][dtype]
+        if dtype in th["flop_per_cycle"]:
             # the clock the measurement implies, if the kernel ran at the FMA limit
-            m["implied_clock_ghz"] = m["gflops"] / (threads * FLOP_PER_CYCLE[dtype])
+            per_cycle = th["flop_per_cycle"][dtype]
+            m["implied_clock_ghz"] = m["gflops"] / (threads * per_cycle)
     return result
 
 
@@ -161,13 +231,17 @@ def report(r: dict) -> None:
     print(f"[peak] {r['method']}")
     for dtype, m in r["measured"].items():
         th = t.get("gflops", {}).get(dtype)
-        print(f"[peak] {dtype:8}: measured {m['gflops']:7.0f} GFLOP/s"
-              + (f"; theoretical {th:.0f} = {t['cores']} cores × "
-                 f"{t['clock_ghz']:.2f} GHz × {FLOP_PER_CYCLE[dtype]} FLOP/cycle"
-                 if th else ""))
+        theory = (f"theoretical {th:.0f} = {t['cores']} cores × {t['clock_ghz']:.2f}"
+                  f" GHz × {t['flop_per_cycle'][dtype]} FLOP/cycle" if th else
+                  "theoretical unknown")
+        implied = (f" (implies {m['implied_clock_ghz']:.2f} GHz at that FLOP/cycle)"
+                   if m.get("implied_clock_ghz") else "")
+        print(f"[peak] {dtype:8}: measured {m['gflops']:7.0f} GFLOP/s; "
+              f"{theory}{implied}")
     for dtype, m in r["matmul"].items():
         print(f"[peak] torch matmul {m['n']}³ {dtype}: {m['gflops']:.0f} GFLOP/s")
-    print(f"[peak] FLOP/cycle assumption: {t['assumption']}")
+    print(f"[peak] FLOP/cycle: {t['assumption']}")
+    print(f"[peak] clock: {t['clock_source']}")
 
 
 def main(argv=None) -> dict:

@@ -70,10 +70,51 @@ def test_limits_only_when_the_goal_is_missed(run):
 
 
 # ---------------------------------------------------------------- the peak
+ZEN4_FLAGS = {"fma", "avx2", "avx512f", "avx512_bf16"}
+
+
+@pytest.mark.parametrize("family, model, flags, float32, bf16", [
+    (25, 0x11, ZEN4_FLAGS, 32, 64),             # EPYC 9004 (Genoa), this book's machine
+    (25, 0x61, ZEN4_FLAGS - {"avx512_bf16"}, 32, None),    # Raphael, bf16 hidden
+    (26, 0x02, ZEN4_FLAGS, 64, 128),            # EPYC 9005 (Turin): full 512-bit
+    (26, 0x44, ZEN4_FLAGS, 64, 128),            # Ryzen 9000 (Granite Ridge)
+    (6, 0x8F, {"avx512f", "avx512_bf16", "amx_bf16"}, 64, None),   # Sapphire Rapids
+])
+def test_flop_per_cycle_known_cores(peak, family, model, flags, float32, bf16):
+    # two FMA pipes × float32 lanes per pipe (8 on Zen 4's halves, 16 on full
+    # 512-bit datapaths) × 2 (multiply, add); vdpbf16ps: two products per lane
+    t = peak.flop_per_cycle(family, model, flags)
+    assert (t["float32"], t["bfloat16"]) == (float32, bf16) and t["core"]
+
+
+@pytest.mark.parametrize("family, model, flags", [
+    (25, 0x01, {"fma", "avx2"}),                # Zen 3 (Milan): not in the table
+    (26, 0x24, ZEN4_FLAGS),                     # mobile Zen 5 (Strix Point)
+    (26, 0x02, {"fma", "avx2"}),                # Zen 5 with AVX-512 hidden
+    (6, 0x55, {"avx512f"}),                     # Skylake-SP: one or two FMA units
+    (None, None, set()),                        # no /proc/cpuinfo
+])
+def test_flop_per_cycle_unknown_cores(peak, family, model, flags):
+    assert peak.flop_per_cycle(family, model, flags) is None
+
+
 def test_theoretical_peak_is_cores_clock_flop_per_cycle(peak, monkeypatch):
     monkeypatch.setattr(peak, "clock_ghz", lambda: 2.5)
+    monkeypatch.setattr(peak, "cpu_identity", lambda: dict(
+        vendor="AuthenticAMD", family=25, model=0x11, flags=ZEN4_FLAGS))
     t = peak.theoretical(2)
-    assert t["gflops"] == {"float32": 2 * 2.5 * 64, "bfloat16": 2 * 2.5 * 128}
+    assert t["gflops"] == {"float32": 2 * 2.5 * 32, "bfloat16": 2 * 2.5 * 64}
+    assert t["assumption"].startswith("Zen 4")
+    assert "family 25, model 17" in t["assumption"]
+
+
+def test_theoretical_peak_of_an_unknown_core(peak, monkeypatch):
+    monkeypatch.setattr(peak, "clock_ghz", lambda: 2.5)
+    monkeypatch.setattr(peak, "cpu_identity", lambda: dict(
+        vendor="?", family=99, model=1, flags=set()))
+    t = peak.theoretical(2)
+    assert "gflops" not in t and t["flop_per_cycle"] == {}
+    assert t["assumption"].startswith("unknown")
 
 
 def test_quick_peak_measures_both_dtypes(peak):
