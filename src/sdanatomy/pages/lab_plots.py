@@ -163,7 +163,8 @@ def rerun_table(results: dict, rerun: dict) -> Table:
              f"[{s[n]['accuracy'][1]:.2f}, {s[n]['accuracy'][2]:.2f}]"
              for n in dict.fromkeys(r["variant"] for r in rows)]
     def machine(r):
-        return f"torch {r.get('torch', '?')}, {r.get('threads', '?')} thread(s)"
+        n = r.get("threads", "?")
+        return f"torch {r.get('torch', '?')}, {n} thread{'' if n == 1 else 's'}"
 
     made = rerun.get("rerun", {})
     notes.append(f"stored lab: {machine(results)}; rerun: {machine(rerun)}"
