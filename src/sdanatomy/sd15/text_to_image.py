@@ -39,10 +39,11 @@ from sdanatomy.sd15.reference import DDIMScheduler, PNDMScheduler
 UNETS = ("diffusers", "book")
 SCHEDULERS = ("ddim", "pndm")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-# "auto" keeps a CPU U-Net of fewer parameters in float32: its steps are many small
-# operations whose fixed costs (dispatch, casts, layout changes), not arithmetic, set
-# the time, so bf16 would cost accuracy for no speed. SD-1.5's U-Net has 860 M,
-# the miniature's 0.8 M.
+# "auto" keeps a CPU U-Net of fewer parameters in float32: at such sizes bf16 costs
+# accuracy for no speed (profiled on the miniature, on this book's CPU: its bf16
+# convolutions gain, its bf16 group norms on channels_last and its attention lose
+# more). SD-1.5's U-Net has 860 M parameters, the miniature's 0.8 M; the 10 M between
+# them is a round bound, not a measured crossover.
 BF16_MIN_PARAMS = 10_000_000
 
 
