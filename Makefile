@@ -27,7 +27,14 @@ book: install live
 	@echo
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
-test: test-start install pytest nbval book-strict browser
+# make test: the strict build, then one pytest run of the unit tests, the notebooks (nbval) and
+# the browser tests on the site just built, on two workers of one torch thread each; each file
+# stays on one worker (--dist loadfile), and the top-level conftest.py sends the longest first.
+# (The status appendix of the site tested shows the previous make test's notebook times: this
+# one's are written while it runs.) The targets pytest, nbval and browser run each part alone.
+test: test-start install chromium book-strict
+	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest book tests $(NBVAL) --site _build/html \
+	  -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 	@$(BIN)/python -m sdanatomy.pages.status finish-make-test
 	@echo "make test: unit tests, notebooks (nbval), the strict book build and the browser test all passed."
 
@@ -118,7 +125,7 @@ export STRIP_TIMING := import nbformat, sys; nb = nbformat.read(sys.argv[1], 4);
   nbformat.write(nb, sys.argv[1])
 
 # The chapters in JupyterLab, from the same environment, with working sliders (ipywidgets).
-# LAB_ROOT, LAB_ARGS: another folder, more options (tests/browser/test_lab.py passes a scratch
+# LAB_ROOT, LAB_ARGS: another folder, more options (tests/browser/test_jupyterlab.py passes a scratch
 # folder and a token).
 # Offline: no news feed, no update check; as root (a container, CI) JupyterLab needs --allow-root.
 LAB_PORT ?= 8888

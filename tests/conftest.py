@@ -11,6 +11,17 @@ os.environ[offline.ENV_VAR] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+# The browser tests' options live here, not in tests/browser/conftest.py: pytest reads options
+# only from the conftest files of the folders it is given and their parents, and make test
+# gives it `tests` (see the top-level conftest.py).
+def pytest_addoption(parser):
+    parser.addoption("--site", default=None, metavar="DIR",
+                     help="the built website to test in a browser (e.g. _build/html); "
+                          "without it the browser tests are skipped")
+    parser.addoption("--screenshots", default=None, metavar="DIR",
+                     help="where to save one screenshot per chapter (default: <site>/../screenshots)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_network():
     offline.forbid_network()

@@ -29,14 +29,6 @@ PAGE_TIMEOUT_MS = 30_000
 VIEWPORT_WIDTH = 1300   # a desktop window; the text column is then about 700 px wide
 
 
-def pytest_addoption(parser):
-    parser.addoption("--site", default=None, metavar="DIR",
-                     help="the built website to test in a browser (e.g. _build/html); "
-                          "without it the browser tests are skipped")
-    parser.addoption("--screenshots", default=None, metavar="DIR",
-                     help="where to save one screenshot per chapter (default: <site>/../screenshots)")
-
-
 def site_dir(config) -> Path | None:
     site = config.getoption("site", default=None)
     if site is None:
