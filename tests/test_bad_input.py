@@ -11,9 +11,7 @@ file below is loaded, refused, and the folder's bytes are hashed before and afte
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -32,6 +30,8 @@ from sdanatomy.lecture import unet
 from sdanatomy.lecture import receptive
 from sdanatomy import sd15
 from sdanatomy.lecture.attention import multihead_attention, scaled_dot_product_attention
+
+from disk import tree_digest
 
 randn = torch.randn
 TINY_UNET, TINY_VAE = sd15.TINY_CONFIGS["unet"], sd15.TINY_CONFIGS["vae"]
@@ -281,19 +281,6 @@ def tiny_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-sd")
     sd15.write_tiny_folder(root)
     return root
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every path, link target, mode and byte below root: any change on disk shows."""
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            h.update(b"link:" + os.readlink(path).encode())
-        h.update(oct(path.lstat().st_mode).encode())
-        if path.is_file() and not path.is_symlink():
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 class _Booby:

@@ -22,6 +22,8 @@ from sdanatomy import offline
 from sdanatomy.lecture import config as lecture_config
 from sdanatomy import sd15
 
+from disk import tree_digest
+
 TINY = sd15.TINY_CONFIGS        # the tiny folder's: SD-1.5's classes at toy widths
 TINY_UNET, TINY_VAE, TINY_CLIP = TINY["unet"], TINY["vae"], TINY["text_encoder"]
 BUILDERS = {"unet": sd15.build_unet, "vae": sd15.build_vae, "text_encoder": sd15.build_text_encoder}
@@ -54,18 +56,6 @@ def tiny_sd(tmp_path_factory):
 def tiny_copy(tiny_sd, tmp_path):
     """A private copy of the tiny folder, for the tests that damage it."""
     return Path(shutil.copytree(tiny_sd[0], tmp_path / "copy"))
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every name, link target and byte below root: any change on disk shows."""
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            h.update(b"link:" + os.readlink(path).encode())
-        if path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def make_hf_cache(cache: Path, folder: Path, repo_id: str, components=sd15.COMPONENTS) -> Path:
