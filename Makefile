@@ -33,7 +33,7 @@ book: install live
 # (The status appendix of the site tested shows the previous make test's notebook times: this
 # one's are written while it runs.) The targets pytest, nbval and browser run each part alone.
 test: test-start install chromium book-strict
-	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest book tests $(NBVAL) --site _build/html \
+	$(OFFLINE) $(NB_THREADS) $(BIN)/pytest book tests $(NBVAL) --site=_build/html \
 	  -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 	@$(BIN)/python -m sdanatomy.pages.status finish-make-test
 	@echo "make test: unit tests, notebooks (nbval), the strict book build and the browser test all passed."
@@ -106,7 +106,7 @@ node:
 # After book-strict: every page of the built site in headless Chromium (tests/browser), offline;
 # one screenshot per chapter in _build/screenshots.
 browser: install chromium
-	$(OFFLINE) $(BIN)/pytest tests/browser --site _build/html -p no:cacheprovider
+	$(OFFLINE) $(BIN)/pytest tests/browser --site=_build/html -p no:cacheprovider
 
 # Re-execute notebooks in place, as nbval will run them (their stored outputs are what nbval
 # compares): make execute NB="book/ch02_notation.ipynb book/ch08_functions.ipynb"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, chromium_path
+from browsing import REPO, chromium_path
 
 CHAPTER = "book/ch06_attention.ipynb"   # its first slider: the softmax temperature
 SLIDER_MARK = "interact"                # the first code cell using ipywidgets' interact
@@ -109,9 +109,7 @@ async (index) => {
 """
 
 
-def test_make_lab_runs_a_chapter_slider(lab):
-    from playwright.sync_api import sync_playwright
-
+def test_make_lab_runs_a_chapter_slider(lab, playwright_driver):
     base, token, scratch = lab
     name = Path(CHAPTER).name
     index = _slider_cell(scratch / name)
@@ -126,35 +124,34 @@ def test_make_lab_runs_a_chapter_slider(lab):
             left.append(route.request.url)
             route.abort("blockedbyclient")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=[
-            "--no-sandbox", "--disable-gpu", "--proxy-server=http://127.0.0.1:9",
-            "--proxy-bypass-list=127.0.0.1"])
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.route("**/*", only_loopback)
-            page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=RUN_TIMEOUT_MS)
-            page.wait_for_function("() => window.jupyterapp !== undefined",
-                                   timeout=RUN_TIMEOUT_MS)
-            page.evaluate(RUN_TO_SLIDER, index)
-            cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-            output = cell.locator(".widget-output")
-            handle = cell.locator(".widget-slider .noUi-handle").first
-            handle.wait_for(timeout=RUN_TIMEOUT_MS)
-            output.first.wait_for(timeout=RUN_TIMEOUT_MS)
-            out = output.first.element_handle()
-            page.wait_for_function(f"(el) => ({SHOWN}).length > 0", arg=out,
-                                   timeout=RUN_TIMEOUT_MS)
-            before = page.evaluate(f"(el) => {SHOWN}", out)
-            handle.focus()
-            for _ in range(3):
-                page.keyboard.press("ArrowRight")
-            page.wait_for_function(f"([el, old]) => {{ const now = {SHOWN};"
-                                   " return now.length > 0 && now !== old; }",
-                                   arg=[out, before], timeout=60_000)
-            after = page.evaluate(f"(el) => {SHOWN}", out)
-        finally:
-            browser.close()
+    browser = playwright_driver.chromium.launch(executable_path=chromium_path(), args=[
+        "--no-sandbox", "--disable-gpu", "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=127.0.0.1"])
+    try:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.route("**/*", only_loopback)
+        page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_function("() => window.jupyterapp !== undefined",
+                               timeout=RUN_TIMEOUT_MS)
+        page.evaluate(RUN_TO_SLIDER, index)
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+        output = cell.locator(".widget-output")
+        handle = cell.locator(".widget-slider .noUi-handle").first
+        handle.wait_for(timeout=RUN_TIMEOUT_MS)
+        output.first.wait_for(timeout=RUN_TIMEOUT_MS)
+        out = output.first.element_handle()
+        page.wait_for_function(f"(el) => ({SHOWN}).length > 0", arg=out,
+                               timeout=RUN_TIMEOUT_MS)
+        before = page.evaluate(f"(el) => {SHOWN}", out)
+        handle.focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"([el, old]) => {{ const now = {SHOWN};"
+                               " return now.length > 0 && now !== old; }",
+                               arg=[out, before], timeout=60_000)
+        after = page.evaluate(f"(el) => {SHOWN}", out)
+    finally:
+        browser.close()
     assert after != before
     assert not left, f"requests left loopback: {left[:5]}"
     assert not re.search(r"Traceback|Error", after[-2000:]), after[-500:]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import html.parser
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
-from conftest import PRE_SLACK_PX, VIEWPORT_WIDTH, visit
+from browsing import PRE_SLACK_PX, VIEWPORT_WIDTH, visit
 
 # Pages Sphinx generates besides the chapters: the root redirect, the indices, the search page.
 GENERATED = {"index.html", "genindex.html", "search.html", "prf-prf.html", "py-modindex.html"}
