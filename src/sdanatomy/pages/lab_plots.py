@@ -162,6 +162,7 @@ def rerun_table(results: dict, rerun: dict) -> Table:
              f"[{s[n]['loss'][1]:.4f}, {s[n]['loss'][2]:.4f}], accuracy "
              f"[{s[n]['accuracy'][1]:.2f}, {s[n]['accuracy'][2]:.2f}]"
              for n in dict.fromkeys(r["variant"] for r in rows)]
+
     def machine(r):
         n = r.get("threads", "?")
         return f"torch {r.get('torch', '?')}, {n} thread{'' if n == 1 else 's'}"
